@@ -1,0 +1,30 @@
+# The two set-up commands of the README: `make demo` (main job) and `make test` (test suite).
+# Each creates the virtual environment .venv with every dependency when it is missing.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint benchmark-dubai clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/geodistill demo
+
+test: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+
+benchmark-dubai: $(STAMP)
+	$(BIN)/python benchmarks/dubai_supervised.py
+
+clean:
+	rm -rf $(VENV) outputs

@@ -1,0 +1,252 @@
+"""The Lightning data module: coarse, fine and unlabelled domains, seeded splits, band statistics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+from torch.utils.data import ConcatDataset, DataLoader
+
+from geodistill.data.datasets import ChipDataset, Source, list_images, match_labels, pad_collate
+from geodistill.data.raster import raster_info, resolve_bands
+from geodistill.data.splits import split_items, write_manifest
+from geodistill.data.stats import BandStats, band_names, compute_band_stats
+from geodistill.data.transforms import train_transforms
+from geodistill.errors import GeodistillError
+
+Split = Literal["train", "val", "test"]
+
+
+@dataclass
+class Domain:
+    """One data domain (e.g. coarse or fine labels) with explicit or seeded splits.
+
+    Give ``train`` and optionally ``val``/``test`` sources; a missing ``val``/``test`` is drawn
+    from ``train`` with ``val_fraction``/``test_fraction``. ``train_limit`` keeps only that many
+    training chips (the few-label setting), also drawn with the seed.
+    """
+
+    train: Source
+    val: Source | None = None
+    test: Source | None = None
+    val_fraction: float = 0.0
+    test_fraction: float = 0.0
+    train_limit: int | None = None
+
+
+class GeoSegDataModule(L.LightningDataModule):
+    """Multispectral chip data for segmentation, in up to three domains.
+
+    ``train_on`` picks the labelled domain(s) supervised training uses; validation and test use the
+    ``fine`` domain when it exists, else ``coarse``. Band statistics come from the training images
+    (or ``stats``, a JSON file from ``geodistill stats``) and are handed to the model, which stores
+    them. The resolved splits are written to ``manifest``.
+    """
+
+    def __init__(
+        self,
+        classes: list[str],
+        fine: Domain | None = None,
+        coarse: Domain | None = None,
+        unlabeled: Source | None = None,
+        predict: Source | None = None,
+        train_on: Literal["fine", "coarse", "coarse+fine"] = "fine",
+        bands: list[int | str] | None = None,
+        ignore_index: int = 255,
+        patch_size: int = 256,
+        crops_per_image: int = 4,
+        batch_size: int = 8,
+        eval_batch_size: int = 1,
+        num_workers: int = 0,
+        augment: bool = True,
+        photometric: bool = True,
+        cache: bool = False,
+        stats: str | None = None,
+        manifest: str | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if len(classes) < 2:
+            raise GeodistillError(f"data.classes needs at least 2 classes, got {classes}")
+        if fine is None and coarse is None and predict is None:
+            raise GeodistillError("data needs a 'fine' or 'coarse' domain (or 'predict' images)")
+        self.classes = list(classes)
+        self.domains = {name: d for name, d in (("fine", fine), ("coarse", coarse)) if d}
+        self.unlabeled = unlabeled
+        self.predict_source = predict
+        self.train_on = train_on
+        self.bands = bands
+        self.ignore_index = ignore_index
+        self.patch_size = patch_size
+        self.crops_per_image = crops_per_image
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.num_workers = num_workers
+        self.augment = augment
+        self.photometric = photometric
+        self.cache = cache
+        self.stats_path = stats
+        self.manifest_path = manifest
+        self.seed = seed
+        self.sources: dict[tuple[str, str], Source] = {}
+        self.splits = self._resolve_splits()
+        first = self._first_image()
+        self.band_names = band_names(first, bands)
+        self.num_bands = len(resolve_bands(raster_info(first), bands))
+        self.band_stats: BandStats | None = None
+        self.datasets: dict[str, ChipDataset] = {}
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def _first_image(self) -> str:
+        for domain in self.splits.values():
+            for files in domain.values():
+                if files:
+                    return files[0][0]
+        if self.predict_source is not None:
+            files = list_images(self.predict_source.images)
+            if files:
+                return files[0]
+        raise GeodistillError("no image files found in any data source")
+
+    def _pairs(self, source: Source, where: str) -> list[tuple[str, str | None]]:
+        images = list_images(source.images)
+        if not images:
+            raise GeodistillError(f"{where}: no image files in {source.images}")
+        labels = match_labels(images, source.labels) if source.labels else [None] * len(images)
+        return list(zip(images, labels, strict=True))
+
+    def _resolve_splits(self) -> dict[str, dict[str, list[tuple[str, str | None]]]]:
+        splits: dict[str, dict[str, list[tuple[str, str | None]]]] = {}
+        for name, domain in self.domains.items():
+            pool = self._pairs(domain.train, f"data.{name}.train")
+            by_image = dict(pool)
+            fractions = [
+                0.0 if domain.val else domain.val_fraction,
+                0.0 if domain.test else domain.test_fraction,
+            ]
+            val, test, train = split_items(list(by_image), [*fractions, 1.0], self.seed)
+            if domain.train_limit is not None:
+                train = split_items(train, [domain.train_limit / max(len(train), 1), 1], self.seed)[0]
+            for split in ("train", "val", "test"):
+                self.sources[name, split] = getattr(domain, split) or domain.train
+            parts = {"train": [(p, by_image[p]) for p in train]}
+            parts["val"] = (
+                self._pairs(domain.val, f"data.{name}.val") if domain.val else
+                [(p, by_image[p]) for p in val]
+            )
+            parts["test"] = (
+                self._pairs(domain.test, f"data.{name}.test") if domain.test else
+                [(p, by_image[p]) for p in test]
+            )
+            if not parts["train"]:
+                raise GeodistillError(f"data.{name}: the training split is empty")
+            splits[name] = parts
+        return splits
+
+    def _dataset(self, domain: str, split: Split, train: bool) -> ChipDataset:
+        pairs = self.splits[domain][split]
+        if not pairs:
+            raise GeodistillError(f"data.{domain}: the {split} split is empty")
+        source = self.sources[domain, split]
+        labels = [lab for _, lab in pairs]
+        return ChipDataset(
+            images=[img for img, _ in pairs],
+            labels=None if any(lab is None for lab in labels) else labels,  # type: ignore[arg-type]
+            num_classes=self.num_classes,
+            bands=self.bands,
+            ignore_index=self.ignore_index,
+            color_map=source.color_map,
+            ignore_values=source.ignore_values,
+            crop_size=self.patch_size if train else None,
+            crops_per_image=self.crops_per_image,
+            transform=train_transforms(self.photometric) if train and self.augment else None,
+            cache=self.cache,
+        )
+
+    @property
+    def eval_domain(self) -> str:
+        return "fine" if "fine" in self.splits else "coarse"
+
+    def train_domains(self) -> list[str]:
+        names = ["coarse", "fine"] if self.train_on == "coarse+fine" else [self.train_on]
+        missing = [n for n in names if n not in self.splits]
+        if missing:
+            raise GeodistillError(f"data.train_on={self.train_on!r} but data.{missing[0]} is not set")
+        return names
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit":
+            train = [self._dataset(name, "train", train=True) for name in self.train_domains()]
+            self.datasets["train"] = train[0] if len(train) == 1 else ConcatDataset(train)
+            self.datasets["val"] = self._dataset(self.eval_domain, "val", train=False)
+            self.band_stats = self._band_stats()
+            self._write_manifest()
+        elif stage == "validate":
+            self.datasets["val"] = self._dataset(self.eval_domain, "val", train=False)
+        elif stage == "test":
+            self.datasets["test"] = self._dataset(self.eval_domain, "test", train=False)
+        elif stage == "predict":
+            if self.predict_source is None:
+                raise GeodistillError("data.predict is not set: no images to predict")
+            images = list_images(self.predict_source.images)
+            self.datasets["predict"] = ChipDataset(
+                images, None, self.num_classes, self.bands, self.ignore_index
+            )
+
+    def _band_stats(self) -> BandStats:
+        if self.stats_path:
+            stats = BandStats.from_json(self.stats_path)
+            if stats.num_bands != self.num_bands:
+                raise GeodistillError(
+                    f"has statistics for {stats.num_bands} bands, the data has {self.num_bands}",
+                    self.stats_path,
+                )
+            return stats
+        images = [img for name in self.train_domains() for img, _ in self.splits[name]["train"]]
+        return compute_band_stats(images, self.bands, seed=self.seed)
+
+    def _write_manifest(self) -> None:
+        if not self.manifest_path:
+            return
+        manifest: dict[str, Any] = {
+            "seed": self.seed,
+            "classes": self.classes,
+            "bands": self.band_names,
+            "train_on": self.train_on,
+            "domains": {
+                name: {split: [img for img, _ in pairs] for split, pairs in parts.items()}
+                for name, parts in self.splits.items()
+            },
+        }
+        if self.unlabeled is not None:
+            manifest["unlabeled"] = list_images(self.unlabeled.images)
+        write_manifest(Path(self.manifest_path), manifest)
+
+    def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            self.datasets[split],
+            batch_size=batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            collate_fn=partial(pad_collate, ignore_index=self.ignore_index),
+            drop_last=shuffle and len(self.datasets[split]) > batch_size,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", self.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", self.eval_batch_size, shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("predict", self.eval_batch_size, shuffle=False)

@@ -1,0 +1,58 @@
+"""Run one experiment (fit, then test the best checkpoint) programmatically.
+
+The CLI does the same from a YAML file; this is the shared path for the demo and the benchmark
+scripts, so they train exactly the way a user's ``geodistill fit`` would.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+
+from geodistill.tasks import SegmentationTask
+
+
+@dataclass
+class ExperimentResult:
+    """Test metrics of the best checkpoint, and where it is."""
+
+    metrics: dict[str, float]
+    checkpoint: Path
+    task: SegmentationTask
+
+
+def fit_and_test(
+    task: SegmentationTask,
+    datamodule: L.LightningDataModule,
+    run_dir: str | Path,
+    max_epochs: int,
+    patience: int | None = None,
+    check_val_every_n_epoch: int = 1,
+    **trainer_kwargs: Any,
+) -> ExperimentResult:
+    """Train ``task``, keep the best checkpoint by val mIoU, and test it."""
+    run_dir = Path(run_dir)
+    checkpoint = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints", monitor="val/mIoU", mode="max", filename="best"
+    )
+    callbacks: list[L.Callback] = [checkpoint]
+    if patience is not None:
+        callbacks.append(EarlyStopping(monitor="val/mIoU", mode="max", patience=patience))
+    trainer = L.Trainer(
+        default_root_dir=run_dir,
+        max_epochs=max_epochs,
+        callbacks=callbacks,
+        logger=CSVLogger(run_dir, name="logs"),
+        check_val_every_n_epoch=check_val_every_n_epoch,
+        enable_model_summary=False,
+        **{"accelerator": "cpu", "devices": 1, **trainer_kwargs},
+    )
+    trainer.fit(task, datamodule=datamodule)
+    best = Path(checkpoint.best_model_path)
+    trainer.test(task, datamodule=datamodule, ckpt_path=str(best), verbose=False)
+    return ExperimentResult(metrics=dict(task.test_results), checkpoint=best, task=task)

@@ -1,0 +1,153 @@
+"""Student networks: segmentation-models-pytorch architectures behind one small interface.
+
+Distillation needs more than logits: :meth:`SegmentationModel.forward_features` exposes the
+multi-level encoder features and the decoder output that the distillation losses tap.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import segmentation_models_pytorch as smp
+import torch
+from torch import Tensor, nn
+
+from geodistill.errors import GeodistillError
+from geodistill.models.normalizer import BandNormalizer
+
+ARCHITECTURES = ("unet", "unetplusplus", "fpn", "deeplabv3plus", "upernet", "segformer", "pspnet")
+"""smp architectures accepted by name; any other name smp knows works too."""
+
+NETWORK_WEIGHTS = ("imagenet", "ssl", "swsl", "instagram", "advprop", "noisy-student")
+"""Encoder weight names that smp downloads: used only when a user asks for them explicitly."""
+
+
+@dataclass
+class SegmentationOutput:
+    """What a forward pass exposes to losses: encoder pyramid, decoder output and logits."""
+
+    features: list[Tensor]
+    decoder: Tensor
+    logits: Tensor
+
+
+class SegmentationModel(nn.Module):
+    """Band normaliser + smp encoder/decoder/head, for any number of input bands."""
+
+    def __init__(self, network: smp.base.SegmentationModel, num_bands: int) -> None:
+        super().__init__()
+        self.normalizer = BandNormalizer(num_bands)
+        self.network = network
+
+    @property
+    def encoder_channels(self) -> list[int]:
+        return list(self.network.encoder.out_channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_features(x).logits
+
+    def forward_features(self, x: Tensor) -> SegmentationOutput:
+        features = self.network.encoder(self.normalizer(x))
+        decoder = self.network.decoder(features)
+        logits = self.network.segmentation_head(decoder)
+        return SegmentationOutput(features=features, decoder=decoder, logits=logits)
+
+
+def create_student(
+    arch: str = "unet",
+    encoder: str = "resnet18",
+    in_channels: int = 3,
+    num_classes: int = 2,
+    weights: str | None = None,
+    **arch_kwargs: object,
+) -> SegmentationModel:
+    """Build a student in one line, like ``smp.create_model`` but multispectral and offline.
+
+    ``weights`` is ``None`` (random init), a local file (smp model, encoder or Lightning checkpoint
+    state dict, ``.pt``/``.pth``/``.ckpt``/``.safetensors``), or an smp weight name such as
+    ``"imagenet"``, which downloads and so is never a default.
+    """
+    download = weights if weights in NETWORK_WEIGHTS else None
+    try:
+        network = smp.create_model(
+            arch,
+            encoder_name=encoder,
+            encoder_weights=download,
+            in_channels=in_channels,
+            classes=num_classes,
+            **arch_kwargs,
+        )
+    except (KeyError, ValueError, TypeError) as err:
+        raise GeodistillError(f"cannot build model arch={arch!r} encoder={encoder!r}: {err}") from err
+    model = SegmentationModel(network, in_channels)
+    if weights is not None and download is None:
+        load_local_weights(model, weights)
+    return model
+
+
+def _read_state_dict(path: Path) -> dict[str, Tensor]:
+    if not path.exists():
+        raise GeodistillError("weights file does not exist", path)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unreadable file is the user's bad input
+        raise GeodistillError(f"cannot read weights ({err})", path) from err
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise GeodistillError("weights file holds no state dict", path)
+    return state
+
+
+def load_local_weights(model: SegmentationModel, path: str | Path) -> None:
+    """Load weights for the whole model or only its encoder from a local file.
+
+    Keys are matched after stripping known prefixes (``model.``, ``network.``, ``encoder.``). An
+    RGB first convolution is expanded to the model's band count by cycling its filters and scaling
+    by 3/N, which keeps the activation scale (the rule smp uses for pretrained encoders).
+    """
+    path = Path(path)
+    state = _read_state_dict(path)
+    targets = {"": model, "network.": model.network, "encoder.": model.network.encoder}
+    for prefix in ("model.", "student.", ""):
+        for target_prefix, target in targets.items():
+            candidate = {
+                k[len(prefix) + len(target_prefix) :]: v
+                for k, v in state.items()
+                if k.startswith(prefix + target_prefix)
+            }
+            own = target.state_dict()
+            matched = {k: v for k, v in candidate.items() if k in own}
+            if len(matched) >= 0.9 * len(own) and matched:
+                _adapt_first_conv(matched, own, path)
+                target.load_state_dict(matched, strict=False)
+                return
+    raise GeodistillError(
+        "no model or encoder weights in this file match the network (wrong architecture?)", path
+    )
+
+
+def _adapt_first_conv(state: dict[str, Tensor], own: dict[str, Tensor], path: Path) -> None:
+    for key, value in state.items():
+        want = own[key].shape
+        if value.shape == want:
+            continue
+        is_first_conv = value.ndim == 4 and value.shape[0] == want[0] and value.shape[2:] == want[2:]
+        if not is_first_conv:
+            raise GeodistillError(
+                f"weight {key} has shape {tuple(value.shape)}, the network needs {tuple(want)}",
+                path,
+            )
+        bands, file_bands = want[1], value.shape[1]
+        repeats = -(-bands // file_bands)
+        state[key] = value.repeat(1, repeats, 1, 1)[:, :bands] * (file_bands / bands)
+        warnings.warn(
+            f"{path}: expanded {key} from {file_bands} to {bands} input bands", stacklevel=3
+        )

@@ -1,0 +1,161 @@
+"""Supervised semantic segmentation as a Lightning task; the base of every distillation task."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from geodistill.errors import GeodistillError
+from geodistill.losses import build_segmentation_loss
+from geodistill.metrics import SegmentationMetrics, metrics_to_json, metrics_to_markdown
+from geodistill.models import SegmentationModel, create_student
+from geodistill.tasks.schedules import Schedule, warmup_decay
+
+
+class SegmentationTask(L.LightningModule):
+    """Train a student on labelled chips: weighted CE/Dice/focal, AdamW, warm-up + decay.
+
+    ``in_channels``, ``num_classes`` and ``class_names`` are linked from the data module by the
+    CLI. The band statistics of the training data are copied into the model at the start of
+    fitting and saved with it; the checkpoint also records band and class names so that
+    validation, test and prediction can refuse data that does not match.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        num_classes: int = 2,
+        class_names: list[str] | None = None,
+        arch: str = "unet",
+        encoder: str = "resnet18",
+        weights: str | None = None,
+        arch_kwargs: dict[str, Any] | None = None,
+        loss: str | list[str] | dict[str, float] = "ce",
+        class_weights: list[float] | None = None,
+        ignore_index: int = 255,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        warmup_fraction: float = 0.05,
+        schedule: Schedule = "poly",
+        boundary_tolerance: int = 2,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if class_names is not None and len(class_names) != num_classes:
+            raise GeodistillError(f"{len(class_names)} class names for {num_classes} classes")
+        self.class_names = class_names or [f"class_{i}" for i in range(num_classes)]
+        self.band_names: list[str] = [f"band_{i + 1}" for i in range(in_channels)]
+        self.model: SegmentationModel = create_student(
+            arch, encoder, in_channels, num_classes, weights, **(arch_kwargs or {})
+        )
+        self.criterion = build_segmentation_loss(loss, ignore_index, class_weights, num_classes)
+        metric_args = dict(
+            num_classes=num_classes,
+            ignore_index=ignore_index,
+            class_names=self.class_names,
+            boundary_tolerance=boundary_tolerance,
+        )
+        self.val_metrics = SegmentationMetrics(**metric_args)
+        self.test_metrics = SegmentationMetrics(**metric_args)
+        self.test_results: dict[str, float] = {}
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x)
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is None:
+            return
+        self._check_data(datamodule)
+        self.band_names = list(datamodule.band_names)
+        if stage == "fit" and datamodule.band_stats is not None:
+            self.model.normalizer.set_stats(datamodule.band_stats)
+
+    def _check_data(self, datamodule: Any) -> None:
+        if datamodule.num_bands != self.hparams.in_channels:
+            raise GeodistillError(
+                f"the model takes {self.hparams.in_channels} bands, the data has "
+                f"{datamodule.num_bands} ({', '.join(datamodule.band_names)})"
+            )
+        if datamodule.num_classes != self.hparams.num_classes:
+            raise GeodistillError(
+                f"the model has {self.hparams.num_classes} classes, the data "
+                f"{datamodule.num_classes} ({', '.join(datamodule.classes)})"
+            )
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        logits = self.model(batch["image"])
+        loss = self.criterion(logits, batch["mask"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(logits))
+        for name, value in self.criterion.last_terms.items():
+            self.log(f"train/loss_{name}", value, batch_size=len(logits))
+        return loss
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        logits = self.model(batch["image"])
+        self.log("val/loss", self.criterion(logits, batch["mask"]), batch_size=len(logits))
+        self.val_metrics.update(logits.argmax(1), batch["mask"])
+
+    def on_validation_epoch_end(self) -> None:
+        results = self.val_metrics.compute()
+        self.log("val/mIoU", results.pop("mIoU"), prog_bar=True)
+        self.log_dict({f"val/{k}": v for k, v in results.items()})
+        self.val_metrics.reset()
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self.test_metrics.update(self.model(batch["image"]).argmax(1), batch["mask"])
+
+    def on_test_epoch_end(self) -> None:
+        results = self.test_metrics.compute()
+        self.log_dict({f"test/{k}": v for k, v in results.items()})
+        self.test_results = {k: float(v) for k, v in results.items()}
+        self.test_metrics.reset()
+        log_dir = self.trainer.log_dir
+        if log_dir and self.trainer.is_global_zero:
+            metrics_to_json(self.test_results, Path(log_dir) / "test_metrics.json")
+            markdown = metrics_to_markdown(self.test_results, self.class_names)
+            (Path(log_dir) / "test_metrics.md").write_text(markdown)
+
+    def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        probs = self.model(batch["image"]).softmax(1)
+        nodata = torch.isnan(batch["image"]).all(1)
+        return {"probs": probs, "nodata": nodata, "index": batch["index"], "shape": batch["shape"]}
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = torch.optim.AdamW(
+            [p for p in self.parameters() if p.requires_grad],
+            lr=self.hparams.lr,
+            weight_decay=self.hparams.weight_decay,
+        )
+        total = int(self.trainer.estimated_stepping_batches)
+        scheduler = warmup_decay(
+            optimizer,
+            total_steps=total,
+            warmup_steps=int(self.hparams.warmup_fraction * total),
+            schedule=self.hparams.schedule,
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["geodistill"] = {"band_names": self.band_names, "class_names": self.class_names}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        meta = checkpoint.get("geodistill", {})
+        saved = meta.get("band_names")
+        if saved is None:
+            return
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer else None
+        current = getattr(datamodule, "band_names", None)
+        path = getattr(self._trainer, "ckpt_path", None) if self._trainer else None
+        if current is not None and list(current) != list(saved):
+            raise GeodistillError(
+                f"the checkpoint was trained on {len(saved)} bands ({', '.join(saved)}), "
+                f"the data has {len(current)} ({', '.join(current)})",
+                path,
+            )
+        self.band_names = list(saved)
+        self.class_names = list(meta.get("class_names", self.class_names))

@@ -1,0 +1,49 @@
+"""Shared test fixtures: small helpers that write tiny rasters into ``tmp_path``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.transform import from_origin
+
+TEST_CRS = "EPSG:32633"
+TEST_TRANSFORM = from_origin(500_000.0, 5_000_000.0, 10.0, 10.0)
+
+
+def _write_raster(
+    path: str | Path,
+    data: np.ndarray,
+    nodata: float | None = None,
+    descriptions: Sequence[str] | None = None,
+    crs: str | None = TEST_CRS,
+    transform=TEST_TRANSFORM,
+) -> Path:
+    """Write ``data`` ((C,H,W) or (H,W)) as a GeoTIFF and return its path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = data[None] if data.ndim == 2 else data
+    profile = dict(
+        driver="GTiff",
+        width=data.shape[2],
+        height=data.shape[1],
+        count=data.shape[0],
+        dtype=data.dtype,
+        crs=crs,
+        transform=transform,
+        nodata=nodata,
+    )
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+        for i, name in enumerate(descriptions or (), start=1):
+            dst.set_band_description(i, name)
+    return path
+
+
+@pytest.fixture
+def write_raster() -> Callable[..., Path]:
+    """``write_raster(path, data, nodata=None, descriptions=None, crs=..., transform=...)``."""
+    return _write_raster
