@@ -103,13 +103,16 @@ def main() -> None:
         print(f"seed {seed}: mIoU {result.metrics['mIoU']:.4f}")
 
     keys = ["mIoU", "boundary_F1", "OA", "kappa"] + [f"IoU/{c}" for c in CLASSES]
-    summary = {k: (float(np.mean([r[k] for r in runs])), float(np.std([r[k] for r in runs])))
-               for k in keys}
+    summary = {
+        k: (float(np.mean([r[k] for r in runs])), float(np.std([r[k] for r in runs]))) for k in keys
+    }
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor()
     report = {
-        "command": "python benchmarks/dubai_supervised.py " + " ".join(
+        "command": "python benchmarks/dubai_supervised.py "
+        + " ".join(
             f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
-            for k, v in vars(args).items() if k not in ("data", "output")
+            for k, v in vars(args).items()
+            if k not in ("data", "output")
         ),
         "hardware": f"{device or platform.machine()}, {torch.get_num_threads()} threads",
         "runs": runs,

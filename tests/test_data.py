@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import rasterio
 import torch
 from PIL import Image
 from rasterio.windows import Window
@@ -597,8 +598,9 @@ def test_datamodule_train_limit_keeps_exactly_n_chips(tmp_path, write_raster):
     assert len(limited.datasets["train"]) == 3 * 2
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["domains"]["fine"]["train"] == [img for img, _ in train]
-    with pytest.raises(GeodistillError, match="training split is empty"):
-        datamodule(images, labels, tmp_path, val_fraction=0.2, train_limit=0)
+    for bad_limit in (0, 9):
+        with pytest.raises(GeodistillError, match=f"train_limit={bad_limit} but the training"):
+            datamodule(images, labels, tmp_path, val_fraction=0.2, train_limit=bad_limit)
 
 
 def test_datamodule_empty_split_and_empty_dataset(tmp_path, write_raster):
@@ -800,3 +802,17 @@ def test_transforms_in_dataset_keep_nodata_ignored(tmp_path, write_raster):
         nan = torch.isnan(sample["image"]).any(0)
         assert nan.sum() == 16
         assert (sample["mask"][nan] == IGNORE).all() and (sample["mask"][~nan] != IGNORE).all()
+
+
+def test_palette_png_mask_maps_through_its_colour_table(tmp_path):
+    indices = np.array([[0, 1, 2], [2, 1, 0]], dtype=np.uint8)
+    path = tmp_path / "palette.png"
+    with rasterio.open(
+        path, "w", driver="PNG", width=3, height=2, count=1, dtype="uint8"
+    ) as dst:
+        dst.write(indices, 1)
+        dst.write_colormap(1, {0: (60, 16, 152, 255), 1: (155, 155, 155, 255), 2: (1, 2, 3, 255)})
+    color_map = {"60,16,152": 0, "155,155,155": -1}
+    label = read_label(path, num_classes=2, color_map=color_map)
+    # index 0 -> class 0; index 1 -> grey, mapped to ignore; index 2 -> unmapped colour, ignore
+    np.testing.assert_array_equal(label, [[0, 255, 255], [255, 255, 0]])

@@ -26,7 +26,7 @@ from geodistill.metrics import metrics_to_json, metrics_to_markdown
 from geodistill.reporting import save_panels
 from geodistill.tasks import SegmentationTask
 
-DEMO_EPOCHS = 12
+DEMO_EPOCHS = 10
 DEMO_MODEL = {"arch": "unet", "encoder": "resnet18"}
 
 

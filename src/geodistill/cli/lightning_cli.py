@@ -20,7 +20,9 @@ class GeodistillCLI(LightningCLI):
     """
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.link_arguments("data.num_bands", "model.init_args.in_channels", apply_on="instantiate")
+        parser.link_arguments(
+            "data.num_bands", "model.init_args.in_channels", apply_on="instantiate"
+        )
         parser.link_arguments(
             "data.num_classes", "model.init_args.num_classes", apply_on="instantiate"
         )
@@ -49,10 +51,14 @@ def run_lightning_cli(args: list[str]) -> None:
             "default_root_dir": "outputs",
             "callbacks": [LearningRateMonitor(logging_interval="step")],
             "logger": [
-                {"class_path": "lightning.pytorch.loggers.CSVLogger",
-                 "init_args": {"save_dir": "outputs", "name": "logs"}},
-                {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-                 "init_args": {"save_dir": "outputs", "name": "tensorboard"}},
+                {
+                    "class_path": "lightning.pytorch.loggers.CSVLogger",
+                    "init_args": {"save_dir": "outputs", "name": "logs"},
+                },
+                {
+                    "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                    "init_args": {"save_dir": "outputs", "name": "tensorboard"},
+                },
             ],
         },
         save_config_kwargs={"overwrite": True},

@@ -1,4 +1,4 @@
-"""The Lightning data module: coarse, fine and unlabelled domains, seeded splits, band statistics."""
+"""The Lightning data module: coarse, fine and unlabelled domains, seeded splits, band stats."""
 
 from __future__ import annotations
 
@@ -132,17 +132,24 @@ class GeoSegDataModule(L.LightningDataModule):
             ]
             val, test, train = split_items(list(by_image), [*fractions, 1.0], self.seed)
             if domain.train_limit is not None:
-                train = split_items(train, [domain.train_limit / max(len(train), 1), 1], self.seed)[0]
+                if not 0 < domain.train_limit <= len(train):
+                    raise GeodistillError(
+                        f"data.{name}.train_limit={domain.train_limit} but the training split "
+                        f"has {len(train)} chips"
+                    )
+                train = split_items(train, [domain.train_limit / len(train), 1], self.seed)[0]
             for split in ("train", "val", "test"):
                 self.sources[name, split] = getattr(domain, split) or domain.train
             parts = {"train": [(p, by_image[p]) for p in train]}
             parts["val"] = (
-                self._pairs(domain.val, f"data.{name}.val") if domain.val else
-                [(p, by_image[p]) for p in val]
+                self._pairs(domain.val, f"data.{name}.val")
+                if domain.val
+                else [(p, by_image[p]) for p in val]
             )
             parts["test"] = (
-                self._pairs(domain.test, f"data.{name}.test") if domain.test else
-                [(p, by_image[p]) for p in test]
+                self._pairs(domain.test, f"data.{name}.test")
+                if domain.test
+                else [(p, by_image[p]) for p in test]
             )
             if not parts["train"]:
                 raise GeodistillError(f"data.{name}: the training split is empty")
@@ -177,7 +184,9 @@ class GeoSegDataModule(L.LightningDataModule):
         names = ["coarse", "fine"] if self.train_on == "coarse+fine" else [self.train_on]
         missing = [n for n in names if n not in self.splits]
         if missing:
-            raise GeodistillError(f"data.train_on={self.train_on!r} but data.{missing[0]} is not set")
+            raise GeodistillError(
+                f"data.train_on={self.train_on!r} but data.{missing[0]} is not set"
+            )
         return names
 
     def setup(self, stage: str) -> None:

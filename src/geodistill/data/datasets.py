@@ -16,8 +16,8 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from geodistill.data.labels import ColorMap, read_label
-from geodistill.data.transforms import apply_transform
 from geodistill.data.raster import BandSpec, check_same_grid, raster_info, read_image, resolve_bands
+from geodistill.data.transforms import apply_transform
 from geodistill.errors import GeodistillError
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".jpg", ".jpeg", ".png", ".jp2", ".vrt")
@@ -135,8 +135,9 @@ class ChipDataset(Dataset):
         if len(counts) > 1:
             first = len(resolve_bands(self.infos[0], self.bands))
             odd = next(i for i in self.infos if len(resolve_bands(i, self.bands)) != first)
+            count = len(resolve_bands(odd, self.bands))
             raise GeodistillError(
-                f"has {len(resolve_bands(odd, self.bands))} bands where {self.images[0]} has {first}",
+                f"has {count} bands where {self.images[0]} has {first}",
                 odd.path,
             )
         return counts.pop()

@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+import rasterio
 from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
@@ -45,12 +46,7 @@ def read_label(
     try:
         with open_raster(path) as src:
             if color_map is not None:
-                if info.count < 3:
-                    raise GeodistillError(
-                        f"colour-coded labels need 3 bands, the file has {info.count}", path
-                    )
-                rgb = src.read([1, 2, 3], window=window, boundless=window is not None)
-                return _map_colors(rgb.astype(np.int64), color_map, ignore_index)
+                return _map_colors(_read_rgb(src, window), color_map, ignore_index)
             label = src.read(1, window=window, boundless=window is not None, fill_value=info.nodata)
     except RasterioError as err:
         raise GeodistillError(f"cannot read pixels ({err})", path) from err
@@ -70,6 +66,25 @@ def read_label(
             path,
         )
     return label
+
+
+def _read_rgb(src: rasterio.DatasetReader, window: Window | None) -> np.ndarray:
+    """RGB of a colour-coded mask: three bands, or one band of palette indices (indexed PNG)."""
+    boundless = window is not None
+    if src.count >= 3:
+        return src.read([1, 2, 3], window=window, boundless=boundless).astype(np.int64)
+    try:
+        palette = src.colormap(1)
+    except ValueError as err:
+        raise GeodistillError(
+            f"colour-coded labels need 3 bands or a palette, the file has {src.count} band(s) "
+            "and no colour table",
+            src.name,
+        ) from err
+    lut = np.zeros((256, 3), dtype=np.int64)
+    for index, rgba in palette.items():
+        lut[index] = rgba[:3]
+    return lut[src.read(1, window=window, boundless=boundless)].transpose(2, 0, 1)
 
 
 def _map_colors(rgb: np.ndarray, color_map: ColorMap, ignore_index: int) -> np.ndarray:

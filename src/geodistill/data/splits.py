@@ -14,9 +14,7 @@ import numpy as np
 from geodistill.errors import GeodistillError
 
 
-def split_items(
-    items: Sequence[str], fractions: Sequence[float], seed: int
-) -> list[list[str]]:
+def split_items(items: Sequence[str], fractions: Sequence[float], seed: int) -> list[list[str]]:
     """Shuffle ``items`` with ``seed`` and cut them into parts of the given fractions.
 
     The last part takes the remainder. Items are sorted first so the result does not depend on

@@ -52,8 +52,11 @@ def predict_scene(
     weights = blend_weights(tile)
     scores: torch.Tensor | None = None
     total = torch.zeros(H, W)
-    windows = [(r, c) for r in tile_origins(H, tile, tile - overlap)
-               for c in tile_origins(W, tile, tile - overlap)]
+    windows = [
+        (r, c)
+        for r in tile_origins(H, tile, tile - overlap)
+        for c in tile_origins(W, tile, tile - overlap)
+    ]
     for start in range(0, len(windows), batch_size):
         chunk = windows[start : start + batch_size]
         batch = torch.stack([image[:, r : r + tile, c : c + tile] for r, c in chunk])

@@ -80,7 +80,9 @@ def create_student(
             **arch_kwargs,
         )
     except (KeyError, ValueError, TypeError) as err:
-        raise GeodistillError(f"cannot build model arch={arch!r} encoder={encoder!r}: {err}") from err
+        raise GeodistillError(
+            f"cannot build model arch={arch!r} encoder={encoder!r}: {err}"
+        ) from err
     model = SegmentationModel(network, in_channels)
     if weights is not None and download is None:
         load_local_weights(model, weights)
@@ -139,7 +141,9 @@ def _adapt_first_conv(state: dict[str, Tensor], own: dict[str, Tensor], path: Pa
         want = own[key].shape
         if value.shape == want:
             continue
-        is_first_conv = value.ndim == 4 and value.shape[0] == want[0] and value.shape[2:] == want[2:]
+        is_first_conv = (
+            value.ndim == 4 and value.shape[0] == want[0] and value.shape[2:] == want[2:]
+        )
         if not is_first_conv:
             raise GeodistillError(
                 f"weight {key} has shape {tuple(value.shape)}, the network needs {tuple(want)}",

@@ -19,7 +19,7 @@ def warmup_decay(
     power: float = 0.9,
     min_factor: float = 0.0,
 ) -> LambdaLR:
-    """Multiply the base lr by a factor rising linearly to 1, then decaying towards ``min_factor``."""
+    """Scale the base lr by a factor rising linearly to 1, then decaying to ``min_factor``."""
 
     def factor(step: int) -> float:
         if step < warmup_steps:

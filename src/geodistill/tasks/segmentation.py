@@ -138,7 +138,10 @@ class SegmentationTask(L.LightningModule):
             warmup_steps=int(self.hparams.warmup_fraction * total),
             schedule=self.hparams.schedule,
         )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["geodistill"] = {"band_names": self.band_names, "class_names": self.class_names}
