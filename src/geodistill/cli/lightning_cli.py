@@ -11,6 +11,23 @@ from geodistill.tasks import SegmentationTask
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 
+DESCRIPTIONS = {
+    "fit": (
+        "Train a segmentation model from a YAML config (data, model, trainer), keeping the best "
+        "checkpoint by validation mIoU and the last one."
+    ),
+    "validate": "Evaluate a checkpoint (--ckpt_path) on the validation split.",
+    "test": (
+        "Evaluate a checkpoint (--ckpt_path) on the test split and write test_metrics.json and "
+        "test_metrics.md to the log folder."
+    ),
+    "predict": (
+        "Predict the image chips of data.predict with a checkpoint (--ckpt_path) to "
+        "georeferenced GeoTIFF class maps."
+    ),
+}
+"""Subcommand help: Lightning's defaults are generic and cut mid-sentence."""
+
 
 class GeodistillCLI(LightningCLI):
     """Links the model's input bands and classes to the data, so a config states them once.
@@ -47,6 +64,10 @@ def run_lightning_cli(args: list[str]) -> None:
         subclass_mode_model=True,
         subclass_mode_data=True,
         args=args,
+        parser_kwargs={
+            "prog": "geodistill",  # also when run in-process or with python -m
+            **{name: {"description": text} for name, text in DESCRIPTIONS.items()},
+        },
         trainer_defaults={
             "default_root_dir": "outputs",
             "callbacks": [LearningRateMonitor(logging_interval="step")],

@@ -7,6 +7,7 @@ as one line and exit with status 2. ``--debug`` shows the full traceback instead
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 from collections.abc import Sequence
@@ -59,6 +60,32 @@ def run(argv: Sequence[str]) -> None:
     parsed.func(parsed)
 
 
+_WORKER_PREFIX = "Caught GeodistillError in DataLoader worker"
+
+
+def user_error(err: BaseException) -> GeodistillError | None:
+    """The :class:`GeodistillError` behind ``err``, if any.
+
+    jsonargparse wraps errors raised while instantiating the model or data in a ``ValueError``
+    with the original as its ``__cause__`` (only explicit causes are followed, so a bug raised
+    while handling a user error is not hidden). PyTorch re-raises an error from a DataLoader
+    worker as a new exception whose message holds the worker's whole traceback. Both are
+    unwrapped to the one-line message meant for the user.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, GeodistillError):
+            message = str(current)
+            if message.startswith(_WORKER_PREFIX):
+                tail = message.rstrip().rsplit("GeodistillError: ", 1)[-1]
+                return GeodistillError(tail)
+            return current
+        current = current.__cause__
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -66,16 +93,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = [a for a in args if a != "--debug"]
     if not debug:
         warnings.filterwarnings("ignore", category=UserWarning, module="lightning")
+    saved_env = os.environ.get("JSONARGPARSE_DEBUG")
+    if debug:
+        # Config errors found by jsonargparse then raise (with a traceback) instead of exiting.
+        os.environ["JSONARGPARSE_DEBUG"] = "true"
     try:
         run(args)
-    except GeodistillError as err:
-        if debug:
+    except Exception as err:
+        found = user_error(err)
+        if debug or found is None:
             raise
-        print(f"geodistill: error: {err}", file=sys.stderr)
+        print(f"geodistill: error: {found}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("geodistill: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if debug:
+            if saved_env is None:
+                os.environ.pop("JSONARGPARSE_DEBUG", None)
+            else:
+                os.environ["JSONARGPARSE_DEBUG"] = saved_env
     return 0
 
 

@@ -102,8 +102,11 @@ def run_stats(args: argparse.Namespace) -> None:
         low, high = (float(v) for v in args.percentiles.split(","))
     except ValueError as err:
         raise GeodistillError(f"--percentiles must be two numbers like 1,99: {err}") from err
+    images = list_images(args.images)
+    if not images:
+        raise GeodistillError(f"no image files in {', '.join(args.images)}")
     stats = compute_band_stats(
-        list_images(args.images),
+        images,
         _bands(args.bands),
         percentiles=(low, high),
         pixels_per_image=args.pixels_per_image,

@@ -70,6 +70,11 @@ def create_student(
     ``"imagenet"``, which downloads and so is never a default.
     """
     download = weights if weights in NETWORK_WEIGHTS else None
+    if arch.lower() == "fpn" and "upsampling" not in arch_kwargs:
+        # smp's FPN head upsamples by 4 whatever the depth; its finest level has stride
+        # 2 ** (depth - 3), so a shallower encoder would give logits larger than the input.
+        depth = int(arch_kwargs.get("encoder_depth", 5))  # type: ignore[call-overload]
+        arch_kwargs["upsampling"] = 2 ** max(depth - 3, 0)
     try:
         network = smp.create_model(
             arch,
@@ -111,26 +116,31 @@ def _read_state_dict(path: Path) -> dict[str, Tensor]:
 def load_local_weights(model: SegmentationModel, path: str | Path) -> None:
     """Load weights for the whole model or only its encoder from a local file.
 
-    Keys are matched after stripping known prefixes (``model.``, ``network.``, ``encoder.``). An
-    RGB first convolution is expanded to the model's band count by cycling its filters and scaling
-    by 3/N, which keeps the activation scale (the rule smp uses for pretrained encoders).
+    Keys are matched after stripping a file prefix (``model.``, ``student.``: a Lightning
+    checkpoint) against, in turn, the whole model, the smp network (``encoder.``/``decoder.``/
+    ``segmentation_head.``) and the encoder alone (bare keys, or under ``encoder.`` or
+    ``network.encoder.``), so the most complete match wins. An RGB first convolution is expanded to
+    the model's band count by cycling its filters and scaling by 3/N, which keeps the activation
+    scale (the rule smp uses for pretrained encoders).
     """
     path = Path(path)
     state = _read_state_dict(path)
-    targets = {"": model, "network.": model.network, "encoder.": model.network.encoder}
+    targets: list[tuple[nn.Module, tuple[str, ...]]] = [
+        (model, ("",)),
+        (model.network, ("", "network.")),
+        (model.network.encoder, ("", "encoder.", "network.encoder.")),
+    ]
     for prefix in ("model.", "student.", ""):
-        for target_prefix, target in targets.items():
-            candidate = {
-                k[len(prefix) + len(target_prefix) :]: v
-                for k, v in state.items()
-                if k.startswith(prefix + target_prefix)
-            }
+        for target, mounts in targets:
             own = target.state_dict()
-            matched = {k: v for k, v in candidate.items() if k in own}
-            if len(matched) >= 0.9 * len(own) and matched:
-                _adapt_first_conv(matched, own, path)
-                target.load_state_dict(matched, strict=False)
-                return
+            for mount in mounts:
+                start = prefix + mount
+                candidate = {k[len(start) :]: v for k, v in state.items() if k.startswith(start)}
+                matched = {k: v for k, v in candidate.items() if k in own}
+                if len(matched) >= 0.9 * len(own) and matched:
+                    _adapt_first_conv(matched, own, path)
+                    target.load_state_dict(matched, strict=False)
+                    return
     raise GeodistillError(
         "no model or encoder weights in this file match the network (wrong architecture?)", path
     )
