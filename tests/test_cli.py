@@ -357,12 +357,12 @@ def test_stats_failure_leaves_nothing_at_the_output(tmp_path, capsys):
 # bad input: one clear line without --debug, a traceback with it
 
 
-def bad_fit_config(tmp_path: Path, damage) -> tuple[Path, Path]:
+def bad_fit_config(tmp_path: Path, damage, **data) -> tuple[Path, Path]:
     """A 4-chip dataset damaged by ``damage(root)``; returns (config, damaged file or folder)."""
     root = make_dataset(tmp_path / "data", n=4)
     target = damage(root)
-    config = write_config(tmp_path / "bad.yaml", config_dict(root, tmp_path / "out", max_epochs=1))
-    return config, target
+    config = config_dict(root, tmp_path / "out", max_epochs=1, data=data)
+    return write_config(tmp_path / "bad.yaml", config), target
 
 
 def small_label(root: Path) -> Path:
@@ -420,6 +420,13 @@ def test_bad_input_is_one_clear_line(tmp_path, capsys, case):
     raised = assert_debug_raises("fit", "--config", str(config))
     assert problem in str(raised)
     assert not (tmp_path / "out" / "checkpoints").exists()
+
+
+def test_bad_input_found_in_a_dataloader_worker_is_one_clear_line(tmp_path, capsys):
+    # PyTorch re-raises a worker's error with the worker's traceback in its message.
+    config, target = bad_fit_config(tmp_path, labels_out_of_range, num_workers=1)
+    code, _, err = cli(capsys, "fit", "--config", str(config))
+    assert_user_error(code, err, str(target), "label values [7] are outside the 2 classes")
 
 
 def test_unknown_config_key_is_reported_by_name(tmp_path, capsys):
