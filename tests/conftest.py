@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import rasterio
+from fixtures_small import write_tif
 from rasterio.transform import from_origin
 
 TEST_CRS = "EPSG:32633"
@@ -23,24 +23,9 @@ def _write_raster(
     transform=TEST_TRANSFORM,
 ) -> Path:
     """Write ``data`` ((C,H,W) or (H,W)) as a GeoTIFF and return its path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = data[None] if data.ndim == 2 else data
-    profile = dict(
-        driver="GTiff",
-        width=data.shape[2],
-        height=data.shape[1],
-        count=data.shape[0],
-        dtype=data.dtype,
-        crs=crs,
-        transform=transform,
-        nodata=nodata,
+    return write_tif(
+        path, data, crs=crs, transform=transform, nodata=nodata, descriptions=descriptions
     )
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.write(data)
-        for i, name in enumerate(descriptions or (), start=1):
-            dst.set_band_description(i, name)
-    return path
 
 
 @pytest.fixture
