@@ -26,6 +26,9 @@ commands:
   prepare    vector labels / large scenes -> label rasters and chips with a manifest
   stats      per-band normalisation statistics of images
   demo       run the built-in synthetic multispectral demo end to end
+  coarse-to-fine
+             coarse-label teacher -> fine student by attentive distillation (+ baselines)
+  export     teacher-free student checkpoint from any training checkpoint
 
 Run 'geodistill COMMAND --help' for a command's options. --debug shows tracebacks.
 """
@@ -39,6 +42,8 @@ def _tool_parser() -> argparse.ArgumentParser:
     tools.add_prepare(commands)
     tools.add_stats(commands)
     tools.add_demo(commands)
+    tools.add_coarse_to_fine(commands)
+    tools.add_export(commands)
     return parser
 
 

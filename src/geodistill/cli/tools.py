@@ -1,4 +1,4 @@
-"""The data tools and the demo as ``argparse`` subcommands: ``prepare``, ``stats``, ``demo``."""
+"""``argparse`` subcommands: ``prepare``, ``stats``, ``demo``, ``coarse-to-fine``, ``export``."""
 
 from __future__ import annotations
 
@@ -141,3 +141,69 @@ def run_demo(args: argparse.Namespace) -> None:
 
     summary = demo(Path(args.output), seed=args.seed, epochs=args.epochs)
     print(summary)
+
+
+def add_coarse_to_fine(commands: Any) -> None:
+    from geodistill.pipelines.coarse_to_fine import METHODS
+
+    parser = commands.add_parser(
+        "coarse-to-fine",
+        help="coarse-label teacher, then a fine student by attentive distillation (+ baselines)",
+        description=(
+            "Stage 1 trains a teacher on the coarse domain (or takes --teacher); stage 2 trains "
+            "the fine-domain student with attentive feature and prediction distillation. Other "
+            "methods of the same harness (baselines, ablations) run with --methods. Each run is "
+            "tested on the fine domain's test split; results.json and a table are written to the "
+            "output folder, with a teacher-free student.ckpt per distillation method. Methods: "
+            + ", ".join(f"{name} ({m.description})" for name, m in METHODS.items())
+        ),
+    )
+    parser.add_argument("--config", required=True, help="YAML file (see configs/)")
+    parser.add_argument("--teacher", help="existing stage-1 checkpoint: skip stage 1")
+    parser.add_argument("--methods", help="comma-separated methods (default: the config's)")
+    parser.add_argument("-o", "--output", help="output folder (default: the config's)")
+    parser.add_argument("--seed", type=int, help="override the config's seed")
+    parser.set_defaults(func=run_coarse_to_fine)
+
+
+def run_coarse_to_fine(args: argparse.Namespace) -> None:
+    from geodistill.pipelines.coarse_to_fine import (
+        load_config,
+        run_coarse_to_fine,
+        write_results_table,
+    )
+
+    config = load_config(args.config)
+    if args.teacher:
+        config.teacher_checkpoint = args.teacher
+    if args.methods:
+        config.methods = _split_list(args.methods) or config.methods
+    if args.output:
+        config.output = args.output
+    if args.seed is not None:
+        config.seed = args.seed
+    results = run_coarse_to_fine(config)
+    print(write_results_table(results, list(config.data["classes"])))
+    print(f"wrote {Path(config.output) / 'results.json'}")
+
+
+def add_export(commands: Any) -> None:
+    parser = commands.add_parser(
+        "export",
+        help="teacher-free student checkpoint from any training checkpoint",
+        description=(
+            "Write the student network of a checkpoint (with its band normalisation, band and "
+            "class names) as a plain SegmentationTask checkpoint: no teacher, no training-only "
+            "modules. It loads and predicts without the teacher file."
+        ),
+    )
+    parser.add_argument("checkpoint", help="checkpoint of any geodistill task")
+    parser.add_argument("-o", "--output", required=True, help="student checkpoint to write")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    parser.set_defaults(func=run_export)
+
+
+def run_export(args: argparse.Namespace) -> None:
+    from geodistill.export import export_student
+
+    print(f"wrote {export_student(args.checkpoint, args.output, overwrite=args.overwrite)}")

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
-from torch.utils.data import ConcatDataset, DataLoader
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, RandomSampler
 
 from geodistill.data.datasets import ChipDataset, Source, list_images, match_labels, pad_collate
 from geodistill.data.raster import raster_info, resolve_bands
@@ -41,9 +41,14 @@ class GeoSegDataModule(L.LightningDataModule):
     """Multispectral chip data for segmentation, in up to three domains.
 
     ``train_on`` picks the labelled domain(s) supervised training uses; validation and test use the
-    ``fine`` domain when it exists, else ``coarse``. Band statistics come from the training images
-    (or ``stats``, a JSON file from ``geodistill stats``) and are handed to the model, which stores
-    them. The resolved splits are written to ``manifest``.
+    ``fine`` domain when it exists, else ``coarse``. ``unlabeled_from`` adds a stream of images
+    without labels beside each labelled batch (for distillation and semi-supervised tasks): the
+    ``unlabeled`` source, or the coarse domain's training images with their labels dropped. The
+    training loader then yields ``{"labeled": batch, "unlabeled": batch}``, one unlabelled batch
+    (of ``unlabeled_batch_size``) per labelled batch, so an epoch has as many steps as without.
+    Band statistics come from the labelled training images (or ``stats``, a JSON file from
+    ``geodistill stats``) and are handed to the model, which stores them. The resolved splits are
+    written to ``manifest``.
     """
 
     def __init__(
@@ -54,6 +59,8 @@ class GeoSegDataModule(L.LightningDataModule):
         unlabeled: Source | None = None,
         predict: Source | None = None,
         train_on: Literal["fine", "coarse", "coarse+fine"] = "fine",
+        unlabeled_from: Literal["unlabeled", "coarse"] | None = None,
+        unlabeled_batch_size: int | None = None,
         bands: list[int | str] | None = None,
         ignore_index: int = 255,
         patch_size: int = 256,
@@ -78,6 +85,8 @@ class GeoSegDataModule(L.LightningDataModule):
         self.unlabeled = unlabeled
         self.predict_source = predict
         self.train_on = train_on
+        self.unlabeled_from = unlabeled_from
+        self.unlabeled_batch_size = unlabeled_batch_size or batch_size
         self.bands = bands
         self.ignore_index = ignore_index
         self.patch_size = patch_size
@@ -194,6 +203,8 @@ class GeoSegDataModule(L.LightningDataModule):
             train = [self._dataset(name, "train", train=True) for name in self.train_domains()]
             self.datasets["train"] = train[0] if len(train) == 1 else ConcatDataset(train)
             self.datasets["val"] = self._dataset(self.eval_domain, "val", train=False)
+            if self.unlabeled_from is not None:
+                self.datasets["unlabeled"] = self._unlabeled_dataset()
             self.band_stats = self._band_stats()
             self._write_manifest()
         elif stage == "validate":
@@ -207,6 +218,35 @@ class GeoSegDataModule(L.LightningDataModule):
             self.datasets["predict"] = ChipDataset(
                 images, None, self.num_classes, self.bands, self.ignore_index
             )
+
+    def _unlabeled_dataset(self) -> ChipDataset:
+        if self.unlabeled_from == "coarse":
+            if "coarse" not in self.splits:
+                raise GeodistillError("data.unlabeled_from='coarse' but data.coarse is not set")
+            images = [img for img, _ in self.splits["coarse"]["train"]]
+        elif self.unlabeled is None:
+            raise GeodistillError("data.unlabeled_from='unlabeled' but data.unlabeled is not set")
+        else:
+            images = list_images(self.unlabeled.images)
+            if not images:
+                raise GeodistillError(f"data.unlabeled: no image files in {self.unlabeled.images}")
+        dataset = ChipDataset(
+            images=images,
+            labels=None,
+            num_classes=self.num_classes,
+            bands=self.bands,
+            ignore_index=self.ignore_index,
+            crop_size=self.patch_size,
+            crops_per_image=self.crops_per_image,
+            transform=train_transforms(self.photometric) if self.augment else None,
+            cache=self.cache,
+        )
+        if dataset.num_bands != self.num_bands:
+            raise GeodistillError(
+                f"unlabelled images have {dataset.num_bands} bands, the labelled {self.num_bands}",
+                images[0],
+            )
+        return dataset
 
     def _band_stats(self) -> BandStats:
         if self.stats_path:
@@ -237,19 +277,36 @@ class GeoSegDataModule(L.LightningDataModule):
             manifest["unlabeled"] = list_images(self.unlabeled.images)
         write_manifest(Path(self.manifest_path), manifest)
 
-    def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
+    def _loader(
+        self, split: str, batch_size: int, shuffle: bool, num_samples: int | None = None
+    ) -> DataLoader:
+        dataset: Dataset = self.datasets[split]
+        sampler = None
+        if num_samples is not None:
+            sampler = RandomSampler(dataset, replacement=True, num_samples=num_samples)  # type: ignore[arg-type]
         return DataLoader(
-            self.datasets[split],
+            dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
+            shuffle=shuffle and sampler is None,
+            sampler=sampler,
             num_workers=self.num_workers,
             collate_fn=partial(pad_collate, ignore_index=self.ignore_index),
             drop_last=shuffle and len(self.datasets[split]) > batch_size,
             persistent_workers=self.num_workers > 0,
         )
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self.batch_size, shuffle=True)
+    def train_dataloader(self) -> DataLoader | dict[str, DataLoader]:
+        labeled = self._loader("train", self.batch_size, shuffle=True)
+        if self.unlabeled_from is None:
+            return labeled
+        steps = len(labeled)
+        unlabeled = self._loader(
+            "unlabeled",
+            self.unlabeled_batch_size,
+            shuffle=True,
+            num_samples=steps * self.unlabeled_batch_size,
+        )
+        return {"labeled": labeled, "unlabeled": unlabeled}
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", self.eval_batch_size, shuffle=False)

@@ -1,5 +1,6 @@
 """Lightning training tasks: supervised segmentation, and the distillation tasks built on it."""
 
+from geodistill.tasks.coarse_to_fine import CoarseToFineTask
 from geodistill.tasks.segmentation import SegmentationTask
 
-__all__ = ["SegmentationTask"]
+__all__ = ["CoarseToFineTask", "SegmentationTask"]

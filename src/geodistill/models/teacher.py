@@ -1,0 +1,102 @@
+"""Frozen teachers loaded from geodistill checkpoints.
+
+A teacher is the network of any geodistill task checkpoint (``model.*`` weights, the task's
+architecture hyper-parameters and the band and class names it was trained on), rebuilt offline,
+put in eval mode and frozen.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from geodistill.errors import GeodistillError
+from geodistill.models.student import SegmentationModel, create_student
+
+ARCHITECTURE_KEYS = ("arch", "encoder", "in_channels", "num_classes", "arch_kwargs")
+"""Task hyper-parameters that rebuild a checkpoint's network."""
+
+
+@dataclass
+class Teacher:
+    """A frozen network with the band and class names its checkpoint recorded."""
+
+    model: SegmentationModel
+    band_names: list[str]
+    class_names: list[str]
+    architecture: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+
+
+def freeze(model: torch.nn.Module) -> torch.nn.Module:
+    """Eval mode and no gradients: a teacher's batch-norm statistics and weights never move."""
+    model.eval()
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    return model
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a Lightning checkpoint on the CPU, with one clear error for any unreadable file."""
+    path = Path(path)
+    if not path.is_file():
+        raise GeodistillError("no such checkpoint file", path)
+    try:
+        # Lightning checkpoints pickle their hyper-parameters; the file is the user's own.
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # noqa: BLE001 - torch raises many types for a corrupt file
+        raise GeodistillError(
+            f"cannot read the checkpoint ({error.__class__.__name__})", path
+        ) from error
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise GeodistillError("not a geodistill/Lightning checkpoint (no state_dict)", path)
+    return checkpoint
+
+
+def load_teacher(path: str | Path) -> Teacher:
+    """Rebuild and freeze the network stored in a geodistill task checkpoint."""
+    path = Path(path)
+    checkpoint = read_checkpoint(path)
+    hparams = dict(checkpoint.get("hyper_parameters", {}))
+    missing = [k for k in ARCHITECTURE_KEYS[:4] if k not in hparams]
+    if missing:
+        raise GeodistillError(
+            f"the checkpoint does not record its architecture ({', '.join(missing)} missing)", path
+        )
+    architecture = {k: hparams.get(k) for k in ARCHITECTURE_KEYS}
+    model = create_student(
+        architecture["arch"],
+        architecture["encoder"],
+        architecture["in_channels"],
+        architecture["num_classes"],
+        None,
+        **(architecture["arch_kwargs"] or {}),
+    )
+    state = {
+        key.removeprefix("model."): value
+        for key, value in checkpoint["state_dict"].items()
+        if key.startswith("model.")
+    }
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        first = str(error).splitlines()[0]
+        raise GeodistillError(
+            f"the weights do not fit the recorded architecture: {first}", path
+        ) from error
+    meta = checkpoint.get("geodistill", {})
+    num_bands, num_classes = architecture["in_channels"], architecture["num_classes"]
+    return Teacher(
+        model=freeze(model),  # type: ignore[arg-type]
+        band_names=list(meta.get("band_names") or [f"band_{i + 1}" for i in range(num_bands)]),
+        class_names=list(
+            meta.get("class_names")
+            or hparams.get("class_names")
+            or [f"class_{i}" for i in range(num_classes)]
+        ),
+        architecture=architecture,
+        path=path,
+    )

@@ -1,0 +1,1 @@
+"""End-to-end recipes that chain several training runs (stages, baselines)."""

@@ -1,0 +1,340 @@
+"""Coarse-to-fine learning end to end: the stage-1 teacher, the method and every baseline.
+
+One :class:`CoarseToFineConfig` describes the data (a coarse and a fine domain), the two stages
+and the methods to run. :func:`run_coarse_to_fine` trains the teacher on the coarse labels (or
+takes an existing teacher checkpoint), then trains each requested method in the same harness
+(same data module, network and epoch budget) and tests it on the fine domain's test split. The
+methods are the entries of :data:`METHODS`; geodistill's own is ``attentive``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+from jsonargparse import ArgumentParser
+
+from geodistill.data import GeoSegDataModule
+from geodistill.data.datasets import Source
+from geodistill.errors import GeodistillError
+from geodistill.experiment import ExperimentResult, fit_and_test
+from geodistill.tasks import CoarseToFineTask, SegmentationTask
+
+
+@dataclass(frozen=True)
+class Method:
+    """How one method trains: supervised on some labels, or stage 2 from the teacher."""
+
+    description: str
+    kind: Literal["teacher", "supervised", "distill"]
+    train_on: Literal["fine", "coarse", "coarse+fine"] = "fine"
+    exact_coarse: bool = False
+    distill: dict[str, Any] = field(default_factory=dict)
+
+
+METHODS: dict[str, Method] = {
+    "fine_only": Method("fine labels only, from scratch", "supervised"),
+    "coarse_only": Method("the stage-1 teacher: coarse labels only", "teacher"),
+    "naive_finetune": Method(
+        "teacher fine-tuned on the fine labels, no distillation",
+        "distill",
+        distill={"feature_weight": 0.0, "prediction_weight": 0.0},
+    ),
+    "joint": Method("one model on coarse + fine labels together", "supervised", "coarse+fine"),
+    "lwf": Method(
+        "LwF-style: unweighted prediction distillation",
+        "distill",
+        distill={"feature_weight": 0.0, "attention": "uniform"},
+    ),
+    "feature_kd": Method(
+        "unweighted feature distillation",
+        "distill",
+        distill={"prediction_weight": 0.0, "attention": "uniform"},
+    ),
+    "oracle": Method(
+        "upper bound: exact labels for the coarse-domain images too",
+        "supervised",
+        "coarse+fine",
+        exact_coarse=True,
+    ),
+    "attentive": Method("geodistill: attentive feature + prediction distillation", "distill"),
+    "feature_only": Method(
+        "ablation: attentive feature distillation only",
+        "distill",
+        distill={"prediction_weight": 0.0},
+    ),
+    "prediction_only": Method(
+        "ablation: attentive prediction distillation only",
+        "distill",
+        distill={"feature_weight": 0.0},
+    ),
+    "no_attention": Method(
+        "ablation: both distillation terms, attention off",
+        "distill",
+        distill={"attention": "uniform"},
+    ),
+}
+"""Registry of the method and its baselines and ablations, by name."""
+
+BASELINE_ORDER = list(METHODS)
+
+
+@dataclass
+class Stage:
+    """One training stage: task arguments and epoch budget."""
+
+    max_epochs: int = 10
+    model: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class CoarseToFineConfig:
+    """Everything one coarse-to-fine run needs (the YAML of ``geodistill coarse-to-fine``).
+
+    ``data`` holds :class:`~geodistill.data.GeoSegDataModule` arguments with a ``coarse`` and a
+    ``fine`` domain (``train_on`` and ``unlabeled_from`` are set per method). ``teacher.model``
+    holds :class:`~geodistill.tasks.SegmentationTask` arguments, also used by the supervised
+    baselines; ``student.model`` holds the extra :class:`~geodistill.tasks.CoarseToFineTask`
+    arguments (distillation weights, temperature, attention). ``teacher_checkpoint`` skips stage 1.
+    ``exact_coarse_labels`` (labels folder or template of the coarse images' exact labels) is
+    needed only by the ``oracle``.
+    """
+
+    data: dict[str, Any]
+    output: str = "outputs/coarse_to_fine"
+    methods: list[str] = field(default_factory=lambda: ["attentive"])
+    seed: int = 0
+    teacher: Stage = field(default_factory=Stage)
+    student: Stage = field(default_factory=Stage)
+    teacher_checkpoint: str | None = None
+    exact_coarse_labels: str | None = None
+    check_val_every_n_epoch: int = 1
+    trainer: dict[str, Any] = field(default_factory=dict)
+
+
+def build_datamodule(data: dict[str, Any], **overrides: Any) -> GeoSegDataModule:
+    """Instantiate the data module from plain arguments, type-checked like a CLI config."""
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(GeoSegDataModule, "data")
+    try:
+        parsed = parser.parse_object({"data": {**data, **overrides}})
+    except Exception as error:  # noqa: BLE001 - argparse errors carry the message we need
+        raise GeodistillError(f"bad data config: {error}") from error
+    return parser.instantiate(parsed).data
+
+
+def check_methods(names: list[str]) -> None:
+    unknown = [n for n in names if n not in METHODS]
+    if unknown:
+        raise GeodistillError(
+            f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}"
+        )
+
+
+def check_arguments(arguments: dict[str, Any], task: type, where: str) -> None:
+    """Refuse unknown task arguments by name, before any training starts."""
+    accepted = set(inspect.signature(task.__init__).parameters) - {"self"}
+    unknown = sorted(set(arguments) - accepted)
+    if unknown:
+        raise GeodistillError(
+            f"{where}: unknown argument(s) {', '.join(unknown)} for {task.__name__}"
+        )
+
+
+def check_config(config: CoarseToFineConfig) -> None:
+    """Everything that can be checked without training: methods, task arguments, data."""
+    check_methods(config.methods)
+    if not {"coarse", "fine"} <= set(config.data):
+        raise GeodistillError("data needs both a 'coarse' and a 'fine' domain")
+    check_arguments(config.teacher.model, SegmentationTask, "teacher.model")
+    check_arguments(config.student.model, CoarseToFineTask, "student.model")
+    for stage in (config.teacher, config.student):
+        if stage.max_epochs < 1:
+            raise GeodistillError(f"max_epochs must be >= 1, got {stage.max_epochs}")
+    build_datamodule(config.data, unlabeled_from="coarse", seed=config.seed)
+    if "oracle" in config.methods:
+        build_datamodule(_oracle_data(config), seed=config.seed)
+
+
+def _oracle_data(config: CoarseToFineConfig) -> dict[str, Any]:
+    if not config.exact_coarse_labels:
+        raise GeodistillError("the oracle needs exact_coarse_labels (exact coarse-domain labels)")
+    coarse = dict(config.data["coarse"])
+    train = coarse["train"]
+    train = asdict(train) if isinstance(train, Source) else dict(train)
+    coarse["train"] = {**train, "labels": config.exact_coarse_labels}
+    return {**config.data, "coarse": coarse}
+
+
+def _supervised(config: CoarseToFineConfig, datamodule: GeoSegDataModule) -> SegmentationTask:
+    return SegmentationTask(
+        in_channels=datamodule.num_bands,
+        num_classes=datamodule.num_classes,
+        class_names=datamodule.classes,
+        **config.teacher.model,
+    )
+
+
+def run_method(
+    name: str, config: CoarseToFineConfig, run_dir: Path, teacher: str | Path | None = None
+) -> ExperimentResult:
+    """Train and test one method of :data:`METHODS` into ``run_dir``."""
+    check_methods([name])
+    method = METHODS[name]
+    L.seed_everything(config.seed, verbose=False)
+    if method.kind == "distill":
+        if teacher is None:
+            raise GeodistillError(f"method {name} needs a teacher checkpoint")
+        datamodule = build_datamodule(config.data, unlabeled_from="coarse", seed=config.seed)
+        distill = {**config.student.model, **method.distill}
+        if distill.get("feature_weight", 1.0) == 0 and distill.get("prediction_weight", 1.0) == 0:
+            datamodule.unlabeled_from = None
+        supervised = {k: v for k, v in config.teacher.model.items() if k in ("loss", "lr")}
+        task: SegmentationTask = CoarseToFineTask(
+            teacher=str(teacher),
+            in_channels=datamodule.num_bands,
+            num_classes=datamodule.num_classes,
+            class_names=datamodule.classes,
+            **{**supervised, **distill},
+        )
+        epochs = config.student.max_epochs
+    else:
+        data = _oracle_data(config) if method.exact_coarse else config.data
+        train_on = "coarse" if method.kind == "teacher" else method.train_on
+        datamodule = build_datamodule(data, train_on=train_on, seed=config.seed)
+        task = _supervised(config, datamodule)
+        epochs = config.student.max_epochs if train_on == "fine" else config.teacher.max_epochs
+    return fit_and_test(
+        task,
+        datamodule,
+        run_dir,
+        max_epochs=epochs,
+        check_val_every_n_epoch=config.check_val_every_n_epoch,
+        **config.trainer,
+    )
+
+
+def run_coarse_to_fine(config: CoarseToFineConfig) -> dict[str, dict[str, float]]:
+    """Stage 1 (unless ``teacher_checkpoint``), then every method; returns test metrics by name.
+
+    Writes ``<output>/<method>/`` runs, ``<output>/results.json`` and the teacher-free student of
+    each distillation method as ``<output>/<method>/student.ckpt``.
+    """
+    from geodistill.export import export_student
+
+    check_config(config)
+    output = Path(config.output)
+    results: dict[str, dict[str, float]] = {}
+    seconds: dict[str, float] = {}
+    teacher = config.teacher_checkpoint
+    if teacher is None or "coarse_only" in config.methods:
+        start = time.perf_counter()
+        if teacher is None:
+            result = run_method("coarse_only", config, output / "coarse_only")
+            teacher = str(result.checkpoint)
+            results["coarse_only"] = result.metrics
+        else:
+            results["coarse_only"] = _test_checkpoint(config, teacher, output / "coarse_only")
+        seconds["coarse_only"] = time.perf_counter() - start
+    for name in config.methods:
+        if name == "coarse_only":
+            continue
+        start = time.perf_counter()
+        result = run_method(name, config, output / name, teacher)
+        results[name] = result.metrics
+        seconds[name] = time.perf_counter() - start
+        if METHODS[name].kind == "distill":
+            export_student(result.checkpoint, output / name / "student.ckpt", overwrite=True)
+    ordered = {n: results[n] for n in BASELINE_ORDER if n in results}
+    report = {"seed": config.seed, "teacher": teacher, "seconds": seconds, "results": ordered}
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "results.json").write_text(json.dumps(_finite(report), indent=2) + "\n")
+    return ordered
+
+
+def _finite(value: Any) -> Any:
+    """NaN/inf (a class absent from the test data) as null, so the JSON stays strict."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _test_checkpoint(
+    config: CoarseToFineConfig, checkpoint: str, run_dir: Path
+) -> dict[str, float]:
+    datamodule = build_datamodule(config.data, train_on="coarse", seed=config.seed)
+    task = SegmentationTask.load_from_checkpoint(checkpoint, map_location="cpu")
+    trainer = L.Trainer(
+        default_root_dir=run_dir, logger=False, enable_model_summary=False, **config.trainer
+    )
+    trainer.test(task, datamodule=datamodule, verbose=False)
+    return dict(task.test_results)
+
+
+def write_results_table(
+    results: dict[str, dict[str, float]] | list[dict[str, dict[str, float]]],
+    class_names: list[str],
+) -> str:
+    """Markdown table of mean ± std (%) per method over one or several seeds' results, with the
+    share of the fine-only → oracle mIoU gap each method recovers."""
+    import numpy as np
+
+    runs = results if isinstance(results, list) else [results]
+    names = [n for n in BASELINE_ORDER if all(n in r for r in runs)]
+    keys = ["mIoU", "boundary_F1", "OA"] + [f"IoU/{c}" for c in class_names]
+    header = ["method", *keys, "gap recovered"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+
+    def mean_std(name: str, key: str) -> tuple[float, float]:
+        values = [100 * r[name][key] for r in runs]
+        return float(np.mean(values)), float(np.std(values))
+
+    for name in names:
+        cells = [name]
+        for key in keys:
+            mean, std = mean_std(name, key)
+            cells.append(f"{mean:.2f} ± {std:.2f}")
+        if "fine_only" in names and "oracle" in names:
+            gaps = []
+            for r in runs:
+                gap = r["oracle"]["mIoU"] - r["fine_only"]["mIoU"]
+                gaps.append((r[name]["mIoU"] - r["fine_only"]["mIoU"]) / gap if gap else np.nan)
+            cells.append(f"{100 * np.mean(gaps):.0f} %")
+        else:
+            cells.append("–")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def load_config(path: str | Path) -> CoarseToFineConfig:
+    """Read and type-check a ``geodistill coarse-to-fine`` YAML file."""
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(CoarseToFineConfig, None)
+    try:
+        parsed = parser.parse_path(str(path))
+    except Exception as error:  # noqa: BLE001
+        raise GeodistillError(f"bad config: {error}", path) from error
+    config = parser.instantiate(parsed)
+    if isinstance(config, CoarseToFineConfig):
+        return config
+    return CoarseToFineConfig(**vars(config))
+
+
+__all__ = [
+    "METHODS",
+    "CoarseToFineConfig",
+    "Method",
+    "Stage",
+    "build_datamodule",
+    "run_coarse_to_fine",
+    "run_method",
+    "write_results_table",
+]
