@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint benchmark-dubai clean
+.PHONY: demo test lint benchmark-dubai benchmark-c2f clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ lint: $(STAMP)
 
 benchmark-dubai: $(STAMP)
 	$(BIN)/python benchmarks/dubai_supervised.py
+
+benchmark-c2f: $(STAMP)
+	$(BIN)/python benchmarks/dubai_coarse_to_fine.py
+	$(BIN)/python benchmarks/demo_coarse_to_fine.py
 
 clean:
 	rm -rf $(VENV) outputs

@@ -174,3 +174,34 @@ def test_teacher_trained_on_other_bands_is_refused(two_stages, data, tmp_path, c
     path = write_yaml(tmp_path / "bad.yaml", config)
     code, _, err = cli(capsys, "coarse-to-fine", "--config", str(path), "--teacher", str(teacher))
     assert_user_error(code, err, str(teacher), "4 bands")
+
+
+def test_stage_two_alone_through_lightning_fit(two_stages, data, tmp_path, capsys):
+    from fixtures_small import config_dict, write_config
+
+    teacher = two_stages / "coarse_only" / "checkpoints" / "best.ckpt"
+    config = config_dict(
+        data / "fine",
+        tmp_path / "fit",
+        max_epochs=1,
+        data={
+            "coarse": {"train": {"images": str(data / "coarse" / "images")}},
+            "unlabeled_from": "coarse",
+        },
+    )
+    config["model"] = {
+        "class_path": "geodistill.tasks.CoarseToFineTask",
+        "init_args": {"teacher": str(teacher), "loss": "ce", "lr": 0.01},
+    }
+    path = write_config(tmp_path / "fit.yaml", config)
+    code, _, err = cli(capsys, "fit", "--config", str(path))
+    assert code == 0, err
+    saved = torch.load(tmp_path / "fit" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert saved["hyper_parameters"]["teacher"] == str(teacher)
+    assert saved["geodistill"]["teacher"] == str(teacher)
+    assert not any(k.startswith("_teacher") for k in saved["state_dict"])
+    exported = tmp_path / "student.ckpt"
+    last = tmp_path / "fit" / "checkpoints" / "last.ckpt"
+    assert cli(capsys, "export", str(last), "-o", str(exported))[0] == 0
+    student = SegmentationTask.load_from_checkpoint(exported, map_location="cpu")
+    assert student.hparams.encoder == TINY_MODEL["encoder"]  # the teacher's network, not a default

@@ -76,18 +76,23 @@ def demo_config(
     )
 
 
-def run_demo(output: Path, seed: int = 0, epochs: int | None = None) -> str:
+def run_demo(
+    output: Path,
+    seed: int = 0,
+    epochs: dict[str, int] | None = None,
+    dataset: dict[str, int] | None = None,
+) -> str:
     """Run the demo into ``output`` and return a short text summary.
 
-    ``epochs`` overrides the student epochs (the teacher trains ``DEMO_EPOCHS["teacher"]``).
+    ``epochs`` overrides :data:`DEMO_EPOCHS` (keys ``teacher``, ``student``); ``dataset``
+    overrides :func:`~geodistill.data.synthetic.write_demo_dataset` sizes (a quicker, smaller
+    demo).
     """
     start = time.perf_counter()
     L.seed_everything(seed, verbose=False)
     output.mkdir(parents=True, exist_ok=True)
-    data = write_demo_dataset(output / "data", seed=seed, n_fine=N_FINE)
-    config = demo_config(
-        data, output / "runs", seed, epochs=None if epochs is None else {"student": epochs}
-    )
+    data = write_demo_dataset(output / "data", seed=seed, **{"n_fine": N_FINE, **(dataset or {})})
+    config = demo_config(data, output / "runs", seed, epochs=epochs)
     results = run_coarse_to_fine(config)
     classes = list(data.class_names)
     for name, metrics in results.items():

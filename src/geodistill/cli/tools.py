@@ -132,15 +132,23 @@ def add_demo(commands: Any) -> None:
     )
     parser.add_argument("-o", "--output", default="outputs/demo", help="output folder")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--epochs", type=int, default=None, help="override the training epochs")
+    parser.add_argument("--teacher-epochs", type=int, help="override stage 1's epochs")
+    parser.add_argument("--student-epochs", type=int, help="override stage 2's epochs")
     parser.set_defaults(func=run_demo)
 
 
 def run_demo(args: argparse.Namespace) -> None:
     from geodistill.demo import run_demo as demo
+    from geodistill.errors import GeodistillError
 
-    summary = demo(Path(args.output), seed=args.seed, epochs=args.epochs)
-    print(summary)
+    epochs = {
+        stage: value
+        for stage, value in (("teacher", args.teacher_epochs), ("student", args.student_epochs))
+        if value is not None
+    }
+    if any(value < 1 for value in epochs.values()):
+        raise GeodistillError(f"epochs must be >= 1, got {epochs}")
+    print(demo(Path(args.output), seed=args.seed, epochs=epochs))
 
 
 def add_coarse_to_fine(commands: Any) -> None:

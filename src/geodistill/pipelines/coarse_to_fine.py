@@ -84,6 +84,8 @@ METHODS: dict[str, Method] = {
 
 BASELINE_ORDER = list(METHODS)
 
+ARCHITECTURE_ARGUMENTS = ("arch", "encoder", "weights", "arch_kwargs")
+
 
 @dataclass
 class Stage:
@@ -195,7 +197,11 @@ def run_method(
         distill = {**config.student.model, **method.distill}
         if distill.get("feature_weight", 1.0) == 0 and distill.get("prediction_weight", 1.0) == 0:
             datamodule.unlabeled_from = None
-        supervised = {k: v for k, v in config.teacher.model.items() if k in ("loss", "lr")}
+        # The supervised settings carry over; the network is the teacher's (init_from_teacher)
+        # unless student.model names its own.
+        supervised = {
+            k: v for k, v in config.teacher.model.items() if k not in ARCHITECTURE_ARGUMENTS
+        }
         task: SegmentationTask = CoarseToFineTask(
             teacher=str(teacher),
             in_channels=datamodule.num_bands,

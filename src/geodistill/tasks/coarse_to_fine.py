@@ -141,6 +141,15 @@ class CoarseToFineTask(SegmentationTask):
             schedule,
             boundary_tolerance,
         )
+        # LightningCLI records its config as the hyper-parameters: store what was really built,
+        # so checkpoints and exported students rebuild the teacher-initialised network.
+        self.hparams.update(
+            arch=arch,
+            encoder=encoder,
+            weights=weights,
+            arch_kwargs=arch_kwargs,
+            feature_levels=feature_levels,
+        )
         self._check_teacher(loaded)
         if init_from_teacher:
             self.model.load_state_dict(_reorder_head(loaded, self.class_names))
