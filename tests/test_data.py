@@ -816,3 +816,15 @@ def test_palette_png_mask_maps_through_its_colour_table(tmp_path):
     label = read_label(path, num_classes=2, color_map=color_map)
     # index 0 -> class 0; index 1 -> grey, mapped to ignore; index 2 -> unmapped colour, ignore
     np.testing.assert_array_equal(label, [[0, 255, 255], [255, 255, 0]])
+
+
+def test_band_stats_json_failure_leaves_no_temp_file(tmp_path, monkeypatch):
+    stats = BandStats(band_names=("a",), low=(0.0,), high=(1.0,), mean=(0.5,), std=(0.1,))
+
+    def broken_dump(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("geodistill.data.stats.json.dump", broken_dump)
+    with pytest.raises(OSError, match="disk full"):
+        stats.to_json(tmp_path / "stats.json")
+    assert list(tmp_path.iterdir()) == []
