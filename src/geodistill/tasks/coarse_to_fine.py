@@ -200,18 +200,13 @@ class CoarseToFineTask(SegmentationTask):
         return [m.shape[1] for m in s], [m.shape[1] for m in t]
 
     def setup(self, stage: str) -> None:
+        super().setup(stage)
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is not None:
-            self._check_data(datamodule)
             self._check_teacher_data(datamodule, stage)
-            self.band_names = list(datamodule.band_names)
-            if stage == "fit" and datamodule.band_stats is not None:
-                if self.hparams.init_from_teacher:
-                    self.model.normalizer.load_state_dict(
-                        self._teacher.model.normalizer.state_dict()
-                    )
-                else:
-                    self.model.normalizer.set_stats(datamodule.band_stats)
+        if stage == "fit" and self.hparams.init_from_teacher:
+            # The teacher's normalisation, not the fine data's: its features depend on it.
+            self.model.normalizer.load_state_dict(self._teacher.model.normalizer.state_dict())
         self._teacher.model.to(self.device)
 
     def _check_teacher_data(self, datamodule: Any, stage: str) -> None:
