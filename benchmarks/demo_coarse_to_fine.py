@@ -32,6 +32,12 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--teacher-epochs", type=int, default=4)
     parser.add_argument("--student-epochs", type=int, default=10)
+    parser.add_argument(
+        "--student-args",
+        type=json.loads,
+        default={},
+        help="CoarseToFineTask overrides as JSON, e.g. '{\"boundary_width\": 12}'",
+    )
     args = parser.parse_args()
     start = time.perf_counter()
     runs = []
@@ -39,6 +45,7 @@ def main() -> None:
         data = write_demo_dataset(args.output / f"data_seed{seed}", seed=seed, n_fine=N_FINE)
         epochs = {"teacher": args.teacher_epochs, "student": args.student_epochs}
         config = demo_config(data, args.output / f"seed{seed}", seed, args.methods, epochs)
+        config.student.model.update(args.student_args)
         runs.append(run_coarse_to_fine(config))
         print(f"after seed {seed}:\n{write_results_table(runs, list(CLASS_NAMES))}", flush=True)
     threads = torch.get_num_threads()

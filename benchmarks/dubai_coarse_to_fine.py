@@ -2,8 +2,8 @@
 
 Protocol (see ../shared/data/DATA.md, "A real coarse-to-fine protocol", and docs/coarse_to_fine.md):
 
-* images are resampled by ``--scale`` (area average) and written as GeoTIFFs with exact class-id
-  labels (nearest); "Unlabeled" is ignore;
+* images are resampled by the setting's ``scale`` (area average; 0.5 in the quick setting) and
+  written as GeoTIFFs with exact class-id labels (nearest); "Unlabeled" is ignore;
 * coarse domain: districts (tiles) 1-5, 45 chips, labels degraded by
   :func:`geodistill.data.coarsen.coarsen_label` with the recipe below, seeded per seed and chip;
 * fine domain: district 6, ``--fine-chips`` chips with exact labels for training and 3 chips for
@@ -12,6 +12,9 @@ Protocol (see ../shared/data/DATA.md, "A real coarse-to-fine protocol", and docs
 
     python benchmarks/dubai_coarse_to_fine.py                  # quick: 2-core CPU, 3 seeds
     python benchmarks/dubai_coarse_to_fine.py --setting large  # GPU: full resolution, longer
+    python benchmarks/dubai_coarse_to_fine.py --teachers-from outputs/benchmarks/dubai_c2f \
+        --methods attentive --student-args '{"feature_weight": 0.1}' --output OTHER_FOLDER
+                                        # a stage-2 variant on the same seeds' teachers
 
 Writes ``<output>/results.json`` and ``<output>/results.md`` (mean ± std over seeds).
 """
@@ -169,6 +172,11 @@ def config_for(
         seed=seed,
         teacher=Stage(setting["teacher_epochs"], {**model, "lr": 1e-3}),
         student=Stage(setting["student_epochs"], dict(args.student_args)),
+        teacher_checkpoint=(
+            str(args.teachers_from / f"seed{seed}" / "coarse_only" / "checkpoints" / "best.ckpt")
+            if args.teachers_from
+            else None
+        ),
         exact_coarse_labels="{parent}/../exact",
         check_val_every_n_epoch=setting["val_every"],
         trainer={
@@ -188,6 +196,11 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--fine-chips", type=int, default=3)
+    parser.add_argument(
+        "--teachers-from",
+        type=Path,
+        help="output folder of an earlier run: reuse its stage-1 teacher of each seed",
+    )
     parser.add_argument(
         "--student-args",
         type=json.loads,

@@ -807,9 +807,7 @@ def test_transforms_in_dataset_keep_nodata_ignored(tmp_path, write_raster):
 def test_palette_png_mask_maps_through_its_colour_table(tmp_path):
     indices = np.array([[0, 1, 2], [2, 1, 0]], dtype=np.uint8)
     path = tmp_path / "palette.png"
-    with rasterio.open(
-        path, "w", driver="PNG", width=3, height=2, count=1, dtype="uint8"
-    ) as dst:
+    with rasterio.open(path, "w", driver="PNG", width=3, height=2, count=1, dtype="uint8") as dst:
         dst.write(indices, 1)
         dst.write_colormap(1, {0: (60, 16, 152, 255), 1: (155, 155, 155, 255), 2: (1, 2, 3, 255)})
     color_map = {"60,16,152": 0, "155,155,155": -1}
