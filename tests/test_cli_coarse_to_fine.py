@@ -143,6 +143,13 @@ def _empty_fine_set(config: dict, data: Path) -> tuple[dict, tuple[str, ...]]:
     return config, ("fine", "no image files")
 
 
+def _empty_coarse_set(config: dict, data: Path) -> tuple[dict, tuple[str, ...]]:
+    empty = data / "empty"
+    empty.mkdir(exist_ok=True)
+    config["data"]["coarse"]["train"] = {"images": str(empty), "labels": str(empty)}
+    return config, ("coarse", "no image files")
+
+
 def _oracle_without_exact_labels(config: dict, data: Path) -> tuple[dict, tuple[str, ...]]:
     return {**config, "methods": ["oracle"]}, ("exact_coarse_labels",)
 
@@ -152,6 +159,7 @@ BAD_CONFIGS = {
     "unknown student argument": _unknown_student_argument,
     "missing teacher": _missing_teacher,
     "empty fine set": _empty_fine_set,
+    "empty coarse set": _empty_coarse_set,
     "oracle without exact labels": _oracle_without_exact_labels,
 }
 
