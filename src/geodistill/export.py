@@ -9,12 +9,11 @@ and :class:`~geodistill.tasks.SegmentationTask` hyper-parameters, so it loads wi
 from __future__ import annotations
 
 import inspect
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
+from geodistill.atomic import atomic_output
 from geodistill.errors import GeodistillError
 from geodistill.models.teacher import read_checkpoint
 from geodistill.tasks.segmentation import SegmentationTask
@@ -40,15 +39,6 @@ def export_student(checkpoint: str | Path, output: str | Path, overwrite: bool =
         "geodistill": meta,
         "pytorch-lightning_version": source.get("pytorch-lightning_version"),
     }
-    output.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(
-        dir=output.parent, prefix=f".{output.name}.", suffix=".tmp"
-    )
-    os.close(handle)
-    try:
+    with atomic_output(output) as temporary:
         torch.save(student, temporary)
-        os.replace(temporary, output)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
     return output

@@ -32,8 +32,6 @@ The same label, recipe and seed always give the same coarse label.
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +44,7 @@ from rasterio.features import rasterize, shapes
 from rasterio.transform import Affine
 from shapely.geometry import shape
 
+from geodistill.atomic import atomic_output
 from geodistill.data.raster import open_raster
 from geodistill.errors import GeodistillError
 
@@ -277,20 +276,11 @@ def coarsen_label_file(
         "nodata": ignore_index,
         "compress": "deflate",
     }
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
     try:
-        with warnings.catch_warnings():
+        with atomic_output(dst) as temporary, warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            with rasterio.open(tmp, "w", **profile) as out:
+            with rasterio.open(temporary, "w", **profile) as out:
                 out.write(coarse.astype(np.uint8), 1)
-        os.replace(tmp, dst)
     except (RasterioError, OSError) as err:
-        tmp.unlink(missing_ok=True)
         raise GeodistillError(f"cannot write coarse label ({err})", dst) from err
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return dst

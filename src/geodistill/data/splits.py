@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from geodistill.atomic import atomic_output
 from geodistill.errors import GeodistillError
 
 
@@ -36,9 +35,5 @@ def split_items(items: Sequence[str], fractions: Sequence[float], seed: int) -> 
 
 def write_manifest(path: str | Path, manifest: dict[str, Any]) -> None:
     """Write the split manifest atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
+    with atomic_output(path) as temporary, open(temporary, "w") as f:
         json.dump(manifest, f, indent=2)
-    os.replace(tmp, path)

@@ -7,14 +7,13 @@ mean and standard deviation are taken, so a few saturated or corrupt pixels cann
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
+from geodistill.atomic import atomic_output
 from geodistill.data.raster import BandSpec, raster_info, read_image, resolve_bands
 from geodistill.errors import GeodistillError
 
@@ -35,16 +34,8 @@ class BandStats:
 
     def to_json(self, path: str | Path) -> None:
         """Write atomically, so a crash never leaves a truncated stats file."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(asdict(self), f, indent=2)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        with atomic_output(path) as temporary, open(temporary, "w") as f:
+            json.dump(asdict(self), f, indent=2)
 
     @classmethod
     def from_json(cls, path: str | Path) -> BandStats:

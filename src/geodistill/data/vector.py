@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -30,6 +28,7 @@ from rasterio.crs import CRS
 from rasterio.errors import CRSError, RasterioError
 from rasterio.warp import transform_bounds
 
+from geodistill.atomic import atomic_output
 from geodistill.data.raster import RasterInfo, raster_info
 from geodistill.errors import GeodistillError
 
@@ -153,12 +152,9 @@ def prepare_labels(
     )
     out_path = Path(out_path)
     tags = {CLASSES_TAG: json.dumps(list(classes))} if classes is not None else {}
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent)
-    os.close(fd)
-    try:
+    with atomic_output(out_path) as temporary:
         write_geotiff(
-            tmp_name,
+            temporary,
             label[None],
             crs=reference.crs,
             transform=reference.transform,
@@ -166,10 +162,6 @@ def prepare_labels(
             descriptions=["class"],
             tags=tags,
         )
-        os.replace(tmp_name, out_path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
     return out_path
 
 

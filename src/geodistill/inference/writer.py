@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +10,7 @@ import numpy as np
 import rasterio
 from lightning.pytorch.callbacks import BasePredictionWriter
 
+from geodistill.atomic import atomic_output
 from geodistill.data.raster import RasterInfo, raster_info
 
 PREDICTION_NODATA = 255
@@ -39,15 +38,11 @@ def write_class_map(path: str | Path, classes: np.ndarray, like: RasterInfo) -> 
         "blockxsize": 256,
         "blockysize": 256,
     }
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tif.partial")
-    os.close(fd)
-    try:
-        with rasterio.open(tmp, "w", **profile) as dst:
-            dst.write(classes.astype(np.uint8), 1)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with (
+        atomic_output(path, suffix=".tif.partial") as temporary,
+        rasterio.open(temporary, "w", **profile) as dst,
+    ):
+        dst.write(classes.astype(np.uint8), 1)
     return path
 
 

@@ -8,11 +8,9 @@ computed once from dataset-level counts, never averaged over batches or images.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -31,6 +29,8 @@ from torchmetrics.classification import (
     MulticlassStatScores,
 )
 from torchmetrics.wrappers.abstract import WrapperMetric
+
+from geodistill.atomic import atomic_output
 
 __all__ = [
     "PER_CLASS_KEYS",
@@ -410,19 +410,10 @@ def _to_float(value: Tensor | float | int) -> float:
 
 def _write_text_atomic(path: Path, text: str) -> None:
     """Write a temp file in the same directory, then os.replace: readers never see partial files."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with atomic_output(path) as temporary, open(temporary, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def metrics_to_json(
