@@ -20,6 +20,7 @@ from typing import Any, Literal
 import lightning as L
 from jsonargparse import ArgumentParser
 
+from geodistill.atomic import atomic_output
 from geodistill.data import GeoSegDataModule
 from geodistill.data.datasets import Source
 from geodistill.errors import GeodistillError
@@ -193,22 +194,23 @@ def run_method(
     if method.kind == "distill":
         if teacher is None:
             raise GeodistillError(f"method {name} needs a teacher checkpoint")
-        datamodule = build_datamodule(config.data, unlabeled_from="coarse", seed=config.seed)
+        datamodule = build_datamodule(config.data, seed=config.seed)
         distill = {**config.student.model, **method.distill}
-        if distill.get("feature_weight", 1.0) == 0 and distill.get("prediction_weight", 1.0) == 0:
-            datamodule.unlabeled_from = None
         # The supervised settings carry over; the network is the teacher's (init_from_teacher)
         # unless student.model names its own.
         supervised = {
             k: v for k, v in config.teacher.model.items() if k not in ARCHITECTURE_ARGUMENTS
         }
-        task: SegmentationTask = CoarseToFineTask(
+        student = CoarseToFineTask(
             teacher=str(teacher),
             in_channels=datamodule.num_bands,
             num_classes=datamodule.num_classes,
             class_names=datamodule.classes,
             **{**supervised, **distill},
         )
+        # Unlabelled coarse-domain crops only feed distillation (none for naive fine-tuning).
+        datamodule.unlabeled_from = "coarse" if student.distills else None
+        task: SegmentationTask = student
         epochs = config.student.max_epochs
     else:
         data = _oracle_data(config) if method.exact_coarse else config.data
@@ -259,8 +261,8 @@ def run_coarse_to_fine(config: CoarseToFineConfig) -> dict[str, dict[str, float]
             export_student(result.checkpoint, output / name / "student.ckpt", overwrite=True)
     ordered = {n: results[n] for n in BASELINE_ORDER if n in results}
     report = {"seed": config.seed, "teacher": teacher, "seconds": seconds, "results": ordered}
-    output.mkdir(parents=True, exist_ok=True)
-    (output / "results.json").write_text(json.dumps(_finite(report), indent=2) + "\n")
+    with atomic_output(output / "results.json") as temporary:
+        temporary.write_text(json.dumps(_finite(report), indent=2) + "\n")
     return ordered
 
 

@@ -151,13 +151,14 @@ class CoarseToFineTask(SegmentationTask):
             feature_levels=feature_levels,
         )
         self._check_teacher(loaded)
-        if init_from_teacher:
-            self.model.load_state_dict(_reorder_head(loaded, self.class_names))
-        # A plain attribute, not a submodule: the teacher is never trained, saved or exported.
-        self._teacher: Teacher = loaded
+        # The teacher's index of each student class: its outputs in the student's order.
         self._class_order = torch.tensor(
             [loaded.class_names.index(name) for name in self.class_names]
         )
+        if init_from_teacher:
+            self.model.load_state_dict(_reorder_head(loaded.model, self._class_order))
+        # A plain attribute, not a submodule: the teacher is never trained, saved or exported.
+        self._teacher: Teacher = loaded
         self.feature_distillation = FeatureDistillation(
             *self._level_channels(self.model, loaded.model, feature_levels)
         )
@@ -296,15 +297,15 @@ class CoarseToFineTask(SegmentationTask):
             parts = {"fine": slice(0, size)}
             if unlabeled is not None:
                 parts["unlabeled"] = slice(size, None)
+            weights = {
+                "feature": self.hparams.feature_weight,
+                "prediction": self.hparams.prediction_weight,
+            }
             for part, rows in parts.items():
                 terms = self._distillation(
                     _rows(student, rows), _rows(teacher, rows), images[rows], mask[rows]
                 )
                 scale = self.hparams.unlabeled_weight if part == "unlabeled" else 1.0
-                weights = {
-                    "feature": self.hparams.feature_weight,
-                    "prediction": self.hparams.prediction_weight,
-                }
                 for name, value in terms.items():
                     logs[f"{part}_{name}"] = value.detach()
                     if name in weights:
@@ -327,10 +328,9 @@ class CoarseToFineTask(SegmentationTask):
             )
 
 
-def _reorder_head(teacher: Teacher, class_names: list[str]) -> dict[str, Tensor]:
+def _reorder_head(teacher: SegmentationModel, order: Tensor) -> dict[str, Tensor]:
     """The teacher's weights with its output classes in the student's order."""
-    state = dict(teacher.model.state_dict())
-    order = [teacher.class_names.index(name) for name in class_names]
+    state = dict(teacher.state_dict())
     for key in ("network.segmentation_head.0.weight", "network.segmentation_head.0.bias"):
         if key in state:
             state[key] = state[key][order]
