@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import sys
 import time
 from pathlib import Path
 
-import torch
+from report import command, hardware, write_results
 
 from geodistill.data.synthetic import CLASS_NAMES, write_demo_dataset
 from geodistill.demo import N_FINE, demo_config
@@ -48,22 +46,14 @@ def main() -> None:
         config.student.model.update(args.student_args)
         runs.append(run_coarse_to_fine(config))
         print(f"after seed {seed}:\n{write_results_table(runs, list(CLASS_NAMES))}", flush=True)
-    threads = torch.get_num_threads()
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor()
     report = {
-        "command": "python " + " ".join(sys.argv),
-        "hardware": f"{device or platform.machine()}, {threads} threads",
+        "command": command(),
+        "hardware": hardware(),
         "seconds": round(time.perf_counter() - start, 1),
         "runs": runs,
     }
-    (args.output / "results.json").write_text(json.dumps(report, indent=2))
-    header = (
-        f"Command: `{report['command']}`  \nHardware: {report['hardware']}  \n"
-        f"Wall time: {report['seconds']} s for {len(args.seeds)} seed(s)\n\n"
-    )
     table = write_results_table(runs, list(CLASS_NAMES))
-    (args.output / "results.md").write_text(header + table)
-    print(header + table)
+    print(write_results(args.output, report, table, len(args.seeds)))
 
 
 if __name__ == "__main__":

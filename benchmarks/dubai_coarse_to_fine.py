@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 import warnings
@@ -32,7 +31,6 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
-import torch
 from affine import Affine
 from rasterio.enums import Resampling
 from rasterio.errors import NotGeoreferencedWarning
@@ -49,6 +47,7 @@ from geodistill.pipelines.coarse_to_fine import (
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from dubai_supervised import CLASSES, COLOR_MAP, DATA  # noqa: E402
+from report import command, hardware, write_results  # noqa: E402
 
 COARSE_TILES = [1, 2, 3, 4, 5]
 FINE_TILE = 6
@@ -216,22 +215,16 @@ def main() -> None:
         runs.append(run_coarse_to_fine(config_for(data, seed, setting, args)))
         table = write_results_table(runs, CLASSES)
         print(f"after seed {seed}:\n{table}", flush=True)
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor()
     report = {
-        "command": "python " + " ".join(sys.argv),
-        "hardware": f"{device or platform.machine()}, {torch.get_num_threads()} threads",
+        "command": command(),
+        "hardware": hardware(),
         "setting": {"name": args.setting, **setting, "fine_chips": args.fine_chips},
         "recipe": asdict(RECIPE),
         "seconds": round(time.perf_counter() - start, 1),
         "runs": runs,
     }
-    (args.output / "results.json").write_text(json.dumps(report, indent=2, default=str))
-    header = (
-        f"Command: `{report['command']}`  \nHardware: {report['hardware']}  \n"
-        f"Wall time: {report['seconds']} s for {len(args.seeds)} seed(s)\n\n"
-    )
-    (args.output / "results.md").write_text(header + write_results_table(runs, CLASSES))
-    print(header + write_results_table(runs, CLASSES))
+    table = write_results_table(runs, CLASSES)
+    print(write_results(args.output, report, table, len(args.seeds)))
 
 
 if __name__ == "__main__":

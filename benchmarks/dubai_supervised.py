@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
 import lightning as L
 import numpy as np
-import torch
+from report import hardware
 
 from geodistill.data import Domain, GeoSegDataModule, Source
 from geodistill.experiment import fit_and_test
@@ -106,7 +105,6 @@ def main() -> None:
     summary = {
         k: (float(np.mean([r[k] for r in runs])), float(np.std([r[k] for r in runs]))) for k in keys
     }
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor()
     report = {
         "command": "python benchmarks/dubai_supervised.py "
         + " ".join(
@@ -114,7 +112,7 @@ def main() -> None:
             for k, v in vars(args).items()
             if k not in ("data", "output")
         ),
-        "hardware": f"{device or platform.machine()}, {torch.get_num_threads()} threads",
+        "hardware": hardware(),
         "runs": runs,
         "summary": summary,
     }
