@@ -18,12 +18,9 @@ import rasterio
 import torch
 from fixtures_small import (
     CLASSES,
-    CRS,
     TINY_MODEL,
-    chip_transform,
     make_dataset,
     torch_threads,
-    write_tif,
 )
 from safetensors.torch import save_file
 from torch import Tensor, nn
@@ -32,8 +29,8 @@ from geodistill.data import Domain, GeoSegDataModule, Source
 from geodistill.data.raster import read_image
 from geodistill.errors import GeodistillError
 from geodistill.experiment import fit_and_test
-from geodistill.inference import predict_scene
-from geodistill.inference.writer import PREDICTION_NODATA
+from geodistill.inference import InferenceOptions, SceneOutputs, TorchPredictor, predict_scene
+from geodistill.inference.predictors import card_from_task
 from geodistill.losses import build_segmentation_loss
 from geodistill.models import create_student, load_local_weights
 from geodistill.tasks import SegmentationTask
@@ -391,76 +388,10 @@ def test_trained_model_maps_a_scene_it_has_not_seen(trained, tmp_path):
     result, _, _, _ = trained
     make_dataset(tmp_path / "scene", n=1, size=96, seed=123)
     scene = tmp_path / "scene" / "images" / "chip_00.tif"
-    out = predict_scene(result.task.model, scene, tmp_path / "pred.tif", tile=64, overlap=16)
+    predictor = TorchPredictor(result.task.model, card_from_task(result.task))
+    assert predictor.card.band_names == ["b0", "b1", "b2", "b3"]
+    out = tmp_path / "pred.tif"
+    predict_scene(predictor, scene, SceneOutputs(out), InferenceOptions(tile=64, overlap=16))
     with rasterio.open(out) as src, rasterio.open(tmp_path / "scene/labels/chip_00.tif") as lab:
         accuracy = float((src.read(1) == lab.read(1)).mean())
     assert accuracy > 0.85
-
-
-# --------------------------------------------------------------------------------------------
-# whole-scene prediction
-
-
-class ConstantModel(nn.Module):
-    """Logits that favour ``winner`` everywhere, whatever the input (NaN included)."""
-
-    def __init__(self, num_classes: int = 3, winner: int = 2) -> None:
-        super().__init__()
-        self.logits = torch.zeros(num_classes)
-        self.logits[winner] = 5.0
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.logits.view(1, -1, 1, 1).expand(x.shape[0], -1, *x.shape[-2:]).clone()
-
-
-class ThresholdModel(nn.Module):
-    """Per-pixel rule ``class 1 where band 0 > 0.5``: tiling must not change any pixel."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        b0 = torch.nan_to_num(x[:, 0], nan=0.0)
-        return torch.stack([0.5 - b0, b0 - 0.5], dim=1) * 10
-
-
-def write_scene(path: Path, height: int = 90, width: int = 100) -> tuple[Path, np.ndarray]:
-    rng = np.random.default_rng(0)
-    data = rng.uniform(0, 1, size=(4, height, width)).astype(np.float32)
-    data[:, :10, :15] = -9999.0  # nodata block in every band
-    transform = chip_transform(3, size=64)
-    return write_tif(path, data, transform=transform, nodata=-9999.0), data
-
-
-def test_predict_scene_keeps_the_grid_and_nodata(tmp_path):
-    scene, _ = write_scene(tmp_path / "scene.tif")
-    out = predict_scene(
-        ConstantModel(), scene, tmp_path / "out" / "pred.tif", tile=64, overlap=16, batch_size=3
-    )
-    with rasterio.open(scene) as src, rasterio.open(out) as dst:
-        assert dst.crs == src.crs and dst.crs.to_string() == CRS
-        assert dst.transform == src.transform
-        assert (dst.height, dst.width, dst.count) == (90, 100, 1)
-        assert dst.dtypes[0] == "uint8" and dst.nodata == PREDICTION_NODATA
-        pred = dst.read(1)
-    assert (pred[:10, :15] == PREDICTION_NODATA).all()
-    valid = np.ones_like(pred, dtype=bool)
-    valid[:10, :15] = False
-    assert (pred[valid] == 2).all()
-    assert not list((tmp_path / "out").glob("*.partial"))
-
-
-def test_predict_scene_tiles_without_seams(tmp_path):
-    scene, data = write_scene(tmp_path / "scene.tif")
-    out = predict_scene(ThresholdModel(), scene, tmp_path / "pred.tif", tile=32, overlap=8)
-    with rasterio.open(out) as dst:
-        pred = dst.read(1)
-    expected = (data[0] > 0.5).astype(np.uint8)
-    expected[:10, :15] = PREDICTION_NODATA
-    np.testing.assert_array_equal(pred, expected)
-
-
-def test_predict_scene_smaller_than_a_tile(tmp_path):
-    scene, _ = write_scene(tmp_path / "small.tif", height=20, width=30)
-    out = predict_scene(ConstantModel(winner=1), scene, tmp_path / "pred.tif", tile=64)
-    with rasterio.open(out) as dst:
-        pred = dst.read(1)
-    assert pred.shape == (20, 30)
-    assert (pred[:10, :15] == PREDICTION_NODATA).all() and (pred[10:] == 1).all()

@@ -21,7 +21,7 @@ import rasterio
 
 from geodistill.data.raster import read_image
 from geodistill.data.synthetic import DemoDataset, write_demo_dataset
-from geodistill.inference import predict_scene
+from geodistill.inference import InferenceOptions, SceneOutputs, load_predictor, predict_scene
 from geodistill.metrics import metrics_to_json
 from geodistill.pipelines.coarse_to_fine import (
     CoarseToFineConfig,
@@ -30,7 +30,6 @@ from geodistill.pipelines.coarse_to_fine import (
     write_results_table,
 )
 from geodistill.reporting import save_panels
-from geodistill.tasks import SegmentationTask
 
 DEMO_EPOCHS = {"teacher": 4, "student": 10}
 DEMO_MODEL = {"arch": "unet", "encoder": "resnet18", "loss": {"ce": 1.0, "dice": 1.0}, "lr": 2e-3}
@@ -113,8 +112,10 @@ def run_demo(
         checkpoint = Path(config.output) / name / "checkpoints" / "best.ckpt"
         if name == "attentive":
             checkpoint = Path(config.output) / name / "student.ckpt"  # teacher-free
-        task = SegmentationTask.load_from_checkpoint(checkpoint, map_location="cpu")
-        prediction = predict_scene(task.model, data.scene_image, output / f"scene_{name}.tif")
+        predictor = load_predictor(checkpoint)
+        outputs = SceneOutputs(output / f"scene_{name}.tif")
+        predict_scene(predictor, data.scene_image, outputs, InferenceOptions(overwrite=True))
+        prediction = outputs.classes
         with rasterio.open(prediction) as src:
             predicted = src.read(1)
         maps[f"{name} ({100 * results[name]['mIoU']:.1f} mIoU)"] = predicted

@@ -15,3 +15,10 @@ class GeodistillError(Exception):
     def __init__(self, message: str, path: str | PathLike[str] | None = None) -> None:
         self.path = None if path is None else str(path)
         super().__init__(f"{self.path}: {message}" if self.path else message)
+
+
+class GeodistillWarning(UserWarning):
+    """Input that geodistill can work with but the user should know about (e.g. no CRS).
+
+    The CLI prints these as one ``geodistill: warning:`` line.
+    """

@@ -1,33 +1,64 @@
-"""Teacher-free deployment: turn any geodistill task checkpoint into a plain student checkpoint.
+"""Teacher-free deployment: a plain student checkpoint or an ONNX file from any task checkpoint.
 
-Distillation tasks carry training-only parts (feature projections, the teacher's path). The
-exported file holds the student network with its band normalisation, the band and class names,
-and :class:`~geodistill.tasks.SegmentationTask` hyper-parameters, so it loads with
-``SegmentationTask.load_from_checkpoint`` and predicts without any teacher file.
+Distillation tasks carry training-only parts (feature projections, the teacher's path). An
+exported student holds the network with its band normalisation and its :class:`ModelCard` (band
+and class names, normalisation, tile size), so it predicts without any teacher file:
+
+- ``.ckpt``: a :class:`~geodistill.tasks.SegmentationTask` checkpoint (``load_from_checkpoint``);
+- ``.onnx``: the network with dynamic batch and tile size, the card as JSON in the metadata, and
+  ONNX Runtime's output checked against PyTorch's before the file is written.
 """
 
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 
 from geodistill.atomic import atomic_output
 from geodistill.errors import GeodistillError
-from geodistill.models.teacher import read_checkpoint
+from geodistill.inference.predictors import ONNX_METADATA_KEY, ModelCard, card_from_checkpoint
+from geodistill.models.teacher import freeze, network_from_checkpoint, read_checkpoint
 from geodistill.tasks.segmentation import SegmentationTask
 
 STUDENT_PREFIXES = ("model.", "criterion.")
 """State-dict entries a deployed :class:`SegmentationTask` owns; the rest is training-only."""
 
+ONNX_TOLERANCE = 1e-4
+"""Largest ONNX Runtime vs PyTorch logit difference accepted on the export check input."""
 
-def export_student(checkpoint: str | Path, output: str | Path, overwrite: bool = False) -> Path:
-    """Write the student of ``checkpoint`` to ``output`` (atomically) and return the path."""
+ONNX_CHECK_SIZE = 64
+"""Side of the random check tile (with a nodata corner) run through both backends."""
+
+
+def export_student(
+    checkpoint: str | Path,
+    output: str | Path,
+    overwrite: bool = False,
+    tile_size: int | None = None,
+) -> Path:
+    """Write the student of ``checkpoint`` to ``output`` (format by suffix), atomically."""
     output = Path(output)
+    exporter = EXPORTERS.get(output.suffix.lower())
+    if exporter is None:
+        known = ", ".join(EXPORTERS)
+        raise GeodistillError(f"unknown export format {output.suffix!r} (known: {known})", output)
     if output.exists() and not overwrite:
         raise GeodistillError("the output exists; pass overwrite to replace it", output)
+    if tile_size is not None and tile_size < 1:
+        raise GeodistillError(f"tile size must be positive, got {tile_size}")
     source = read_checkpoint(checkpoint)
+    if tile_size is not None:
+        source.setdefault("geodistill", {})["tile_size"] = tile_size
+    exporter(source, Path(checkpoint), output)
+    return output
+
+
+def _export_checkpoint(source: dict[str, Any], path: Path, output: Path) -> None:
     accepted = set(inspect.signature(SegmentationTask.__init__).parameters) - {"self"}
     hparams = {k: v for k, v in source.get("hyper_parameters", {}).items() if k in accepted}
     meta = {k: v for k, v in source.get("geodistill", {}).items() if k != "teacher"}
@@ -41,4 +72,69 @@ def export_student(checkpoint: str | Path, output: str | Path, overwrite: bool =
     }
     with atomic_output(output) as temporary:
         torch.save(student, temporary)
-    return output
+
+
+def _export_onnx(source: dict[str, Any], path: Path, output: Path) -> None:
+    import onnx
+
+    network = freeze(network_from_checkpoint(source, path))
+    card = card_from_checkpoint(source)
+    sample = check_input(card)
+    dims = {0: torch.export.Dim("batch"), 2: torch.export.Dim("height"),
+            3: torch.export.Dim("width")}  # fmt: skip
+    with atomic_output(output, suffix=".onnx") as temporary:
+        try:
+            program = torch.onnx.export(
+                network,
+                (torch.from_numpy(sample),),
+                input_names=["image"],
+                output_names=["logits"],
+                dynamic_shapes=(dims,),
+                dynamo=True,
+                verbose=False,
+            )
+        except Exception as err:  # noqa: BLE001 - the exporter raises many types
+            raise GeodistillError(f"cannot export the network to ONNX ({err})", path) from err
+        program.save(str(temporary))
+        model = onnx.load(str(temporary))
+        entry = model.metadata_props.add()
+        entry.key, entry.value = ONNX_METADATA_KEY, card.to_json()
+        model.producer_name = "geodistill"
+        onnx.save(model, str(temporary))
+        check_onnx_parity(network, temporary, sample)
+
+
+def check_input(card: ModelCard, size: int = ONNX_CHECK_SIZE) -> np.ndarray:
+    """A seeded raw-value tile around the training statistics, with a nodata corner."""
+    rng = np.random.default_rng(0)
+    mean = np.asarray(card.normalization.get("mean", [0.0] * card.num_bands), np.float32)
+    std = np.asarray(card.normalization.get("std", [1.0] * card.num_bands), np.float32)
+    shape = (1, card.num_bands, size, size)
+    sample = mean.reshape(1, -1, 1, 1) + std.reshape(1, -1, 1, 1) * rng.standard_normal(shape)
+    sample = sample.astype(np.float32)
+    sample[..., : size // 8, : size // 8] = np.nan
+    return sample
+
+
+def check_onnx_parity(network: torch.nn.Module, onnx_path: Path, sample: np.ndarray) -> float:
+    """Largest |ONNX Runtime - PyTorch| logit difference on ``sample``; refuse above tolerance."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    onnx_logits = session.run(None, {session.get_inputs()[0].name: sample})[0]
+    with torch.inference_mode():
+        torch_logits = network(torch.from_numpy(sample)).numpy()
+    difference = float(np.abs(onnx_logits - torch_logits).max())
+    if not difference <= ONNX_TOLERANCE:
+        raise GeodistillError(
+            f"ONNX Runtime differs from PyTorch by {difference:.2e} (> {ONNX_TOLERANCE})",
+            onnx_path,
+        )
+    return difference
+
+
+EXPORTERS: dict[str, Callable[[dict[str, Any], Path, Path], None]] = {
+    ".ckpt": _export_checkpoint,
+    ".onnx": _export_onnx,
+}
+"""Output suffix -> exporter."""

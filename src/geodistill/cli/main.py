@@ -12,7 +12,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 
-from geodistill.errors import GeodistillError
+from geodistill.errors import GeodistillError, GeodistillWarning
 
 USAGE = """usage: geodistill [--debug] COMMAND ...
 
@@ -28,7 +28,9 @@ commands:
   demo       run the built-in synthetic multispectral demo end to end
   coarse-to-fine
              coarse-label teacher -> fine student by attentive distillation (+ baselines)
-  export     teacher-free student checkpoint from any training checkpoint
+  export     teacher-free student from any checkpoint: plain .ckpt or .onnx
+  infer      whole scenes -> georeferenced class maps (bounded memory, COG, many devices)
+  vectorize  class map -> polygons per class with areas (m²) and confidence (GPKG/GeoJSON)
 
 Run 'geodistill COMMAND --help' for a command's options. --debug shows tracebacks.
 """
@@ -44,6 +46,8 @@ def _tool_parser() -> argparse.ArgumentParser:
     tools.add_demo(commands)
     tools.add_coarse_to_fine(commands)
     tools.add_export(commands)
+    tools.add_infer(commands)
+    tools.add_vectorize(commands)
     return parser
 
 
@@ -91,6 +95,18 @@ def user_error(err: BaseException) -> GeodistillError | None:
     return None
 
 
+def _warning_printer(fallback):  # noqa: ANN001, ANN202 - the signature of warnings.showwarning
+    """One ``geodistill: warning:`` line for our own warnings; ``fallback`` for the rest."""
+
+    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001, ANN202
+        if issubclass(category, GeodistillWarning):
+            print(f"geodistill: warning: {message}", file=file or sys.stderr)
+        else:
+            fallback(message, category, filename, lineno, file, line)
+
+    return show
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -98,6 +114,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = [a for a in args if a != "--debug"]
     if not debug:
         warnings.filterwarnings("ignore", category=UserWarning, module="lightning")
+        for category in (DeprecationWarning, FutureWarning):
+            warnings.filterwarnings("ignore", category=category, module="lightning")
+    previous_printer = warnings.showwarning
+    warnings.showwarning = _warning_printer(previous_printer)
     saved_env = os.environ.get("JSONARGPARSE_DEBUG")
     if debug:
         # Config errors found by jsonargparse then raise (with a traceback) instead of exiting.
@@ -114,6 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("geodistill: interrupted", file=sys.stderr)
         return 130
     finally:
+        warnings.showwarning = previous_printer
         if debug:
             if saved_env is None:
                 os.environ.pop("JSONARGPARSE_DEBUG", None)

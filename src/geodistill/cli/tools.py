@@ -1,4 +1,4 @@
-"""``argparse`` subcommands: ``prepare``, ``stats``, ``demo``, ``coarse-to-fine``, ``export``."""
+"""``argparse`` subcommands: data tools, the demo, coarse-to-fine, export, infer, vectorize."""
 
 from __future__ import annotations
 
@@ -198,15 +198,18 @@ def run_coarse_to_fine(args: argparse.Namespace) -> None:
 def add_export(commands: Any) -> None:
     parser = commands.add_parser(
         "export",
-        help="teacher-free student checkpoint from any training checkpoint",
+        help="teacher-free student: a plain checkpoint (.ckpt) or an ONNX file (.onnx)",
         description=(
             "Write the student network of a checkpoint (with its band normalisation, band and "
-            "class names) as a plain SegmentationTask checkpoint: no teacher, no training-only "
-            "modules. It loads and predicts without the teacher file."
+            "class names and tile size) without any teacher or training-only module: as a plain "
+            "SegmentationTask checkpoint (-o student.ckpt) or as ONNX (-o model.onnx, dynamic "
+            "batch and tile size, metadata for 'geodistill infer', ONNX Runtime checked against "
+            "PyTorch within 1e-4)."
         ),
     )
     parser.add_argument("checkpoint", help="checkpoint of any geodistill task")
-    parser.add_argument("-o", "--output", required=True, help="student checkpoint to write")
+    parser.add_argument("-o", "--output", required=True, help="student.ckpt or model.onnx")
+    parser.add_argument("--tile-size", type=int, help="tile size to record (default: training)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
     parser.set_defaults(func=run_export)
 
@@ -214,4 +217,120 @@ def add_export(commands: Any) -> None:
 def run_export(args: argparse.Namespace) -> None:
     from geodistill.export import export_student
 
-    print(f"wrote {export_student(args.checkpoint, args.output, overwrite=args.overwrite)}")
+    written = export_student(
+        args.checkpoint, args.output, overwrite=args.overwrite, tile_size=args.tile_size
+    )
+    print(f"wrote {written}")
+
+
+def add_infer(commands: Any) -> None:
+    parser = commands.add_parser(
+        "infer",
+        help="whole scenes -> georeferenced class maps (sliding window, bounded memory)",
+        description=(
+            "Predict whole scenes of any size with a checkpoint or an exported ONNX model: "
+            "overlapping tiles blended without seams, read and written window by window so "
+            "memory does not grow with the scene. Writes <stem>_classes.tif (and optionally "
+            "_confidence.tif / _probabilities.tif, uint8 percent) as cloud-optimised GeoTIFFs "
+            "with the scene's CRS and transform; nodata stays nodata. Outputs appear only when "
+            "complete. Several devices or nodes share the scenes through Lightning."
+        ),
+    )
+    parser.add_argument("model", help="geodistill checkpoint (.ckpt) or exported ONNX (.onnx)")
+    parser.add_argument("scenes", nargs="+", help="scene rasters, folders or globs")
+    parser.add_argument("-o", "--output", required=True, help="output folder")
+    parser.add_argument("--tile", type=int, help="tile size (default: the model's)")
+    parser.add_argument("--overlap", type=int, help="tile overlap in pixels (default: tile/4)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--tta", action="store_true", help="average over the four flips")
+    parser.add_argument("--confidence", action="store_true", help="write the max probability")
+    parser.add_argument("--probabilities", action="store_true", help="write every class")
+    parser.add_argument("--bands", help="comma-separated band indices (0-based) or names")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    parser.add_argument("--accelerator", default="auto", help="cpu, gpu, auto (Lightning)")
+    parser.add_argument("--devices", default="1", help="devices per node, or 'auto'")
+    parser.add_argument("--num-nodes", type=int, default=1)
+    parser.add_argument("--precision", help="e.g. bf16-mixed, 16-mixed (Lightning)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run_infer)
+
+
+def run_infer(args: argparse.Namespace) -> None:
+    from geodistill.inference import InferenceOptions, infer_scenes
+
+    options = InferenceOptions(
+        tile=args.tile,
+        overlap=args.overlap,
+        batch_size=args.batch_size,
+        tta=args.tta,
+        confidence=args.confidence,
+        probabilities=args.probabilities,
+        bands=_bands(args.bands),
+        overwrite=args.overwrite,
+    )
+    devices: int | str = int(args.devices) if args.devices.isdigit() else args.devices
+    trainer: dict[str, Any] = {
+        "accelerator": args.accelerator,
+        "devices": devices,
+        "num_nodes": args.num_nodes,
+    }
+    if args.precision:
+        trainer["precision"] = args.precision
+    results = infer_scenes(
+        args.model, args.scenes, args.output, options, trainer, progress=not args.quiet
+    )
+    for outputs in results:
+        print("wrote " + ", ".join(str(p) for p in outputs.paths()))
+
+
+def add_vectorize(commands: Any) -> None:
+    parser = commands.add_parser(
+        "vectorize",
+        help="class map -> polygons per class with areas (m²) and mean confidence",
+        description=(
+            "Turn a predicted class map (e.g. <stem>_classes.tif from 'geodistill infer') into one "
+            "polygon per connected patch of each class, with class id and name, area and "
+            "perimeter in metres measured in an equal-area projection centred on the scene, and "
+            "the mean confidence when <stem>_confidence.tif is beside it (or --confidence). "
+            "Writes a GeoPackage (.gpkg, the raster's CRS) or GeoJSON (.geojson/.json, EPSG:4326) "
+            "and a per-class summary <output stem>_summary.json."
+        ),
+    )
+    parser.add_argument("class_map", help="single-band class-id raster (nodata 255)")
+    parser.add_argument("-o", "--output", required=True, help="polygons.gpkg or .geojson")
+    confidence = parser.add_mutually_exclusive_group()
+    confidence.add_argument("--confidence", help="confidence raster (uint8 percent) on the grid")
+    confidence.add_argument(
+        "--no-confidence", action="store_true", help="ignore a *_confidence.tif beside the map"
+    )
+    parser.add_argument("--classes", help="comma-separated class names or ids (default: all)")
+    parser.add_argument("--min-area", type=float, default=0.0, help="drop smaller polygons (m²)")
+    parser.add_argument(
+        "--simplify", type=float, default=0.0, help="simplification tolerance in pixels"
+    )
+    parser.add_argument(
+        "--connectivity", type=int, choices=(4, 8), default=4, help="pixel neighbourhood"
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    parser.set_defaults(func=run_vectorize)
+
+
+def run_vectorize(args: argparse.Namespace) -> None:
+    from geodistill.inference.vectorize import format_summary, vectorize_class_map
+
+    result = vectorize_class_map(
+        args.class_map,
+        args.output,
+        confidence=args.confidence,
+        find_confidence=not args.no_confidence,
+        classes=_split_list(args.classes),
+        min_area=args.min_area,
+        simplify=args.simplify,
+        connectivity=args.connectivity,
+        overwrite=args.overwrite,
+    )
+    print(format_summary(result))
+    if result.confidence is not None:
+        print(f"mean confidence from {result.confidence}")
+    plural = "" if result.polygons == 1 else "s"
+    print(f"wrote {result.output} ({result.polygons} polygon{plural}) and {result.summary_path}")

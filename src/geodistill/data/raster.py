@@ -110,15 +110,25 @@ def read_image(
     """
     info = raster_info(path)
     indexes = [i + 1 for i in resolve_bands(info, bands)]
+    with open_raster(path) as src:
+        return read_pixels(src, indexes, window, boundless)
+
+
+def read_pixels(
+    src: rasterio.DatasetReader,
+    indexes: list[int],
+    window: Window | None = None,
+    boundless: bool = False,
+) -> np.ndarray:
+    """:func:`read_image` on an open dataset (1-based ``indexes``): for many windowed reads."""
     try:
-        with open_raster(path) as src:
-            data = src.read(indexes, window=window, boundless=boundless, fill_value=src.nodata)
-            # Per-dataset mask: 0 where any band is flagged nodata by the file's own mask.
-            valid = None
-            if src.nodata is not None:
-                valid = src.read_masks(indexes, window=window, boundless=boundless) > 0
+        data = src.read(indexes, window=window, boundless=boundless, fill_value=src.nodata)
+        # Per-dataset mask: 0 where any band is flagged nodata by the file's own mask.
+        valid = None
+        if src.nodata is not None:
+            valid = src.read_masks(indexes, window=window, boundless=boundless) > 0
     except RasterioError as err:
-        raise GeodistillError(f"cannot read pixels ({err})", path) from err
+        raise GeodistillError(f"cannot read pixels ({err})", src.name) from err
     image = data.astype(np.float32, copy=False)
     if valid is not None:
         image = np.where(valid, image, np.nan).astype(np.float32, copy=False)

@@ -1,73 +1,315 @@
-"""Sliding-window prediction of a whole scene onto its own georeferenced grid."""
+"""Whole-scene prediction with bounded memory: stream tiles in, stream map rows out.
+
+The scene is cut into overlapping tiles on a regular grid (:class:`TileGrid`) and predicted one
+row of tiles at a time, in batches, while the next batch is read in a background thread. Blended
+class scores are accumulated in a buffer one tile high and as wide as the scene; as soon as a
+band of rows can receive no more tiles it is normalised, turned into classes (and confidence or
+probabilities) and written. Memory is therefore ``classes × tile × width`` floats plus one batch,
+independent of the scene's height, and every tile is predicted exactly once.
+"""
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch import nn
+import rasterio
+from rasterio.windows import Window
+from tqdm.auto import tqdm
 
-from geodistill.data.raster import BandSpec, raster_info, read_image
-from geodistill.inference.writer import PREDICTION_NODATA, write_class_map
+from geodistill.data.raster import BandSpec, RasterInfo, open_raster, raster_info, read_pixels
+from geodistill.data.raster import resolve_bands as resolve_band_spec
+from geodistill.errors import GeodistillError, GeodistillWarning
+from geodistill.inference.predictors import ModelCard, Predictor
+from geodistill.inference.tiling import TileGrid, blend_window
+from geodistill.inference.writer import (
+    PERCENT_SCALE,
+    PREDICTION_NODATA,
+    StreamingGeoTiff,
+    class_colormap,
+    class_map_tags,
+)
+
+GDAL_CACHE_MB = 64
+"""GDAL block cache while predicting: part of the memory bound, ample for row-wise writes."""
 
 
-def blend_weights(tile: int) -> torch.Tensor:
-    """A separable, strictly positive hann-like window: tile centres count more than edges."""
-    ramp = torch.hann_window(tile + 2, periodic=False)[1:-1]
-    return torch.outer(ramp, ramp)
+@dataclass
+class InferenceOptions:
+    """How to tile and what to write; ``None`` tile/overlap take the model's tile size and 1/4."""
+
+    tile: int | None = None
+    overlap: int | None = None
+    batch_size: int = 8
+    tta: bool = False
+    confidence: bool = False
+    probabilities: bool = False
+    bands: BandSpec = None
+    overwrite: bool = False
+
+    def resolve(self, card: ModelCard) -> tuple[int, int]:
+        """``(tile, overlap)`` for ``card``'s model, checked."""
+        tile = self.tile or card.tile_size
+        overlap = tile // 4 if self.overlap is None else self.overlap
+        if tile < 8:
+            raise GeodistillError(f"tile size must be at least 8 pixels, got {tile}")
+        if not 0 <= overlap < tile:
+            raise GeodistillError(f"overlap must be in [0, tile size {tile}), got {overlap}")
+        if self.batch_size < 1:
+            raise GeodistillError(f"batch size must be >= 1, got {self.batch_size}")
+        return tile, overlap
 
 
-def tile_origins(length: int, tile: int, stride: int) -> list[int]:
-    """Tile start offsets covering ``[0, length)``, the last one flush with the end."""
-    if length <= tile:
-        return [0]
-    starts = list(range(0, length - tile, stride))
-    return [*starts, length - tile]
+@dataclass
+class SceneOutputs:
+    """Where one scene's rasters go; ``None`` for an output that is not wanted."""
+
+    classes: Path
+    confidence: Path | None = None
+    probabilities: Path | None = None
+
+    @classmethod
+    def in_folder(cls, scene: str | Path, folder: str | Path, options: InferenceOptions):
+        """``<folder>/<stem>_classes.tif`` and, if asked, ``_confidence``/``_probabilities``."""
+        stem = Path(folder) / Path(scene).stem
+        return cls(
+            classes=Path(f"{stem}_classes.tif"),
+            confidence=Path(f"{stem}_confidence.tif") if options.confidence else None,
+            probabilities=Path(f"{stem}_probabilities.tif") if options.probabilities else None,
+        )
+
+    def paths(self) -> list[Path]:
+        return [p for p in (self.classes, self.confidence, self.probabilities) if p is not None]
 
 
-@torch.no_grad()
-def predict_scene(
-    model: nn.Module,
-    scene: str | Path,
-    output: str | Path,
-    bands: BandSpec = None,
-    tile: int = 256,
-    overlap: int = 64,
-    batch_size: int = 4,
-) -> Path:
-    """Predict ``scene`` tile by tile, blend overlapping tiles, write a class-map GeoTIFF.
+def match_bands(info: RasterInfo, card: ModelCard, bands: BandSpec = None) -> list[int]:
+    """0-based band indices of ``info`` that feed ``card``'s model, in the model's order.
 
-    Overlapping tile logits are averaged with a smooth window so tile borders leave no seams.
-    Nodata pixels (NaN in every band) stay nodata in the output.
+    An explicit ``bands`` spec wins. Otherwise bands are matched by name when the file names its
+    bands (so a reordered or larger stack works), and by position when it does not.
     """
-    model.eval()
+    if bands is not None:
+        indices = resolve_band_spec(info, bands)
+    elif all(info.descriptions) and len(info.descriptions) == info.count:
+        names = [d.lower() for d in info.descriptions]  # type: ignore[union-attr]
+        missing = [b for b in card.band_names if b.lower() not in names]
+        if not missing:
+            indices = [names.index(b.lower()) for b in card.band_names]
+        elif info.count == card.num_bands and all(_generic(b) for b in card.band_names):
+            indices = list(range(info.count))
+        else:
+            raise GeodistillError(
+                f"the model needs bands {', '.join(card.band_names)}; the file has "
+                f"{', '.join(info.descriptions)} (missing {', '.join(missing)}; "
+                "choose bands with --bands)",  # type: ignore[arg-type]
+                info.path,
+            )
+    else:
+        indices = list(range(info.count))
+    if len(indices) != card.num_bands:
+        raise GeodistillError(
+            f"the model takes {card.num_bands} bands ({', '.join(card.band_names)}), "
+            f"{len(indices)} selected from the file's {info.count}",
+            info.path,
+        )
+    return indices
+
+
+def _generic(name: str) -> bool:
+    return name.lower().startswith("band_") and name[5:].isdigit()
+
+
+def check_scene(scene: str | Path, card: ModelCard, options: InferenceOptions) -> list[int]:
+    """Refuse a scene the model cannot read (before any work); return its band indices."""
     info = raster_info(scene)
-    image = torch.from_numpy(read_image(scene, bands))
-    _, height, width = image.shape
-    pad_h, pad_w = max(tile - height, 0), max(tile - width, 0)
-    if pad_h or pad_w:
-        image = torch.nn.functional.pad(image, (0, pad_w, 0, pad_h), value=float("nan"))
-    H, W = image.shape[1:]
-    weights = blend_weights(tile)
-    scores: torch.Tensor | None = None
-    total = torch.zeros(H, W)
-    windows = [
-        (r, c)
-        for r in tile_origins(H, tile, tile - overlap)
-        for c in tile_origins(W, tile, tile - overlap)
-    ]
-    for start in range(0, len(windows), batch_size):
-        chunk = windows[start : start + batch_size]
-        batch = torch.stack([image[:, r : r + tile, c : c + tile] for r, c in chunk])
-        probs = model(batch).softmax(1)
-        if scores is None:
-            scores = torch.zeros(probs.shape[1], H, W)
-        for (r, c), p in zip(chunk, probs, strict=True):
-            scores[:, r : r + tile, c : c + tile] += p * weights
-            total[r : r + tile, c : c + tile] += weights
-    assert scores is not None
-    classes = (scores / total).argmax(0)[:height, :width].numpy().astype(np.uint8)
-    nodata = torch.isnan(image[:, :height, :width]).all(0).numpy()
-    classes[nodata] = PREDICTION_NODATA
-    return write_class_map(output, classes, info)
+    indices = match_bands(info, card, options.bands)
+    if info.crs is None:
+        warnings.warn(
+            f"{scene}: no CRS; predicting anyway and writing the outputs without one",
+            GeodistillWarning,
+            stacklevel=2,
+        )
+    return indices
+
+
+class _Accumulator:
+    """Blended scores for the rows of one tile row: ``(classes, tile, width)`` float32."""
+
+    def __init__(self, num_classes: int, grid: TileGrid) -> None:
+        self.grid = grid
+        self.scores = np.zeros((num_classes, grid.tile, grid.width), np.float32)
+        self.valid = np.zeros((grid.tile, grid.width), bool)
+        self.window = np.outer(blend_window(grid.tile), blend_window(grid.tile))
+        self.row_total = grid.row_weights()
+        self.col_total = grid.col_weights()
+
+    def add(self, probs: np.ndarray, col: int, valid: np.ndarray) -> None:
+        """Add one tile's probabilities ``(K, tile, tile)`` whose left edge is at ``col``."""
+        h = min(self.grid.tile, self.grid.height)
+        w = min(self.grid.tile, self.grid.width - col)
+        self.scores[:, :h, col : col + w] += probs[:, :h, :w] * self.window[:h, :w]
+        self.valid[:h, col : col + w] |= valid[:h, :w]
+
+    def release(self, top: int, rows: int) -> tuple[np.ndarray, np.ndarray]:
+        """Final probabilities and validity of scene rows ``[top, top + rows)``; shift the rest."""
+        total = self.row_total[top : top + rows, None] * self.col_total[None, :]
+        probs = self.scores[:, :rows] / total
+        valid = self.valid[:rows].copy()
+        self.scores[:, :-rows] = self.scores[:, rows:].copy()
+        self.scores[:, -rows:] = 0
+        self.valid[:-rows] = self.valid[rows:].copy()
+        self.valid[-rows:] = False
+        return probs, valid
+
+
+def _tta_predict(predictor: Predictor, batch: np.ndarray, tta: bool) -> np.ndarray:
+    """Probabilities, averaged over the four flips of the tile when ``tta``."""
+    if not tta:
+        return predictor.predict(batch)
+    total = np.zeros(0, np.float32)
+    for axes in ((), (-1,), (-2,), (-2, -1)):
+        flipped = np.flip(batch, axes) if axes else batch
+        probs = predictor.predict(np.ascontiguousarray(flipped))
+        probs = np.flip(probs, axes) if axes else probs
+        total = probs if total.size == 0 else total + probs
+    return total / 4
+
+
+@dataclass
+class _Batch:
+    row: int
+    cols: list[int]
+    tiles: np.ndarray  # (n, C, tile, tile), NaN outside the scene
+    valid: np.ndarray  # (n, tile, tile): any band has data
+
+
+def _read_batch(
+    src: rasterio.DatasetReader, indexes: list[int], grid: TileGrid, row: int, cols: list[int]
+) -> _Batch:
+    """Read the window covering ``cols`` of tile row ``row`` once and cut it into tiles."""
+    tile = grid.tile
+    height = min(tile, grid.height - row)
+    left, right = cols[0], min(cols[-1] + tile, grid.width)
+    window = Window(left, row, right - left, height)  # type: ignore[call-arg]
+    pixels = read_pixels(src, indexes, window)
+    tiles = np.full((len(cols), len(indexes), tile, tile), np.nan, np.float32)
+    for k, col in enumerate(cols):
+        part = pixels[:, :, col - left : col - left + tile]
+        tiles[k, :, : part.shape[1], : part.shape[2]] = part
+    return _Batch(row, cols, tiles, ~np.isnan(tiles).all(1))
+
+
+def _batches(grid: TileGrid, batch_size: int) -> Iterator[tuple[int, list[int], bool]]:
+    """``(row, cols, last_of_row)`` in row-major order; batches never span two tile rows."""
+    cols = grid.cols
+    for row in grid.rows:
+        for start in range(0, len(cols), batch_size):
+            chunk = cols[start : start + batch_size]
+            yield row, chunk, start + batch_size >= len(cols)
+
+
+def predict_scene(
+    predictor: Predictor,
+    scene: str | Path,
+    outputs: SceneOutputs,
+    options: InferenceOptions | None = None,
+    progress: bool = False,
+) -> SceneOutputs:
+    """Predict ``scene`` tile by tile and write the class map (and extras) as COGs, atomically.
+
+    Nodata pixels (declared nodata or NaN in every band) stay nodata in every output. The outputs
+    appear only when the whole scene is done; an error or interruption leaves none behind.
+    """
+    options = options or InferenceOptions()
+    card = predictor.card
+    tile, overlap = options.resolve(card)
+    indexes = [i + 1 for i in check_scene(scene, card, options)]
+    if not options.overwrite:
+        existing = [str(p) for p in outputs.paths() if p.exists()]
+        if existing:
+            raise GeodistillError("the output exists; pass --overwrite to replace it", existing[0])
+    info = raster_info(scene)
+    grid = TileGrid(info.height, info.width, tile, overlap)
+    accumulator = _Accumulator(card.num_classes, grid)
+    rows = grid.rows
+    bar = tqdm(total=len(grid), desc=Path(scene).name, unit="tile", disable=not progress)
+    with (
+        rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB),
+        open_raster(scene) as src,
+        ThreadPoolExecutor(max_workers=1) as reader,
+        ExitStack() as files,
+        bar,
+    ):
+        writers = _open_writers(files, outputs, info, card, scene)
+        jobs = list(_batches(grid, options.batch_size))
+        pending = reader.submit(_read_batch, src, indexes, grid, *jobs[0][:2])
+        for k, (row, _, last_of_row) in enumerate(jobs):
+            batch = pending.result()
+            if k + 1 < len(jobs):
+                pending = reader.submit(_read_batch, src, indexes, grid, *jobs[k + 1][:2])
+            probs = _tta_predict(predictor, batch.tiles, options.tta)
+            for tile_probs, col, valid in zip(probs, batch.cols, batch.valid, strict=True):
+                accumulator.add(tile_probs, col, valid)
+            bar.update(len(batch.cols))
+            if last_of_row:
+                index = rows.index(row)
+                stop = rows[index + 1] if index + 1 < len(rows) else grid.height
+                final, valid = accumulator.release(row, stop - row)
+                _write_rows(writers, final, valid, row)
+    return outputs
+
+
+def _open_writers(
+    files: ExitStack, outputs: SceneOutputs, info: RasterInfo, card: ModelCard, scene: str | Path
+) -> dict[str, StreamingGeoTiff]:
+    source = {"scene": Path(scene).name}
+    writers = {
+        "classes": StreamingGeoTiff(
+            outputs.classes,
+            info,
+            descriptions=["class"],
+            tags=class_map_tags(card.class_names) | source,
+            colormap=class_colormap(card.num_classes),
+        )
+    }
+    if outputs.confidence:
+        writers["confidence"] = StreamingGeoTiff(
+            outputs.confidence,
+            info,
+            descriptions=["confidence"],
+            tags=source,
+            scale=PERCENT_SCALE,
+            resampling="AVERAGE",
+        )
+    if outputs.probabilities:
+        writers["probabilities"] = StreamingGeoTiff(
+            outputs.probabilities,
+            info,
+            count=card.num_classes,
+            descriptions=card.class_names,
+            tags=class_map_tags(card.class_names) | source,
+            scale=PERCENT_SCALE,
+            resampling="AVERAGE",
+        )
+    return {name: files.enter_context(writer) for name, writer in writers.items()}
+
+
+def _percent(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    scaled = np.rint(values / PERCENT_SCALE).astype(np.uint8)
+    return np.where(valid, scaled, PREDICTION_NODATA).astype(np.uint8)
+
+
+def _write_rows(
+    writers: dict[str, StreamingGeoTiff], probs: np.ndarray, valid: np.ndarray, top: int
+) -> None:
+    classes = np.where(valid, probs.argmax(0), PREDICTION_NODATA).astype(np.uint8)
+    writers["classes"].write(classes, top)
+    if "confidence" in writers:
+        writers["confidence"].write(_percent(probs.max(0), valid), top)
+    if "probabilities" in writers:
+        writers["probabilities"].write(_percent(probs, valid[None]), top)

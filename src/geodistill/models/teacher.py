@@ -56,24 +56,21 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return checkpoint
 
 
-def load_teacher(path: str | Path) -> Teacher:
-    """Rebuild and freeze the network stored in a geodistill task checkpoint."""
-    path = Path(path)
-    checkpoint = read_checkpoint(path)
+def network_from_checkpoint(checkpoint: dict[str, Any], path: str | Path) -> SegmentationModel:
+    """Rebuild the ``model.*`` network of a task checkpoint from its recorded architecture."""
     hparams = dict(checkpoint.get("hyper_parameters", {}))
     missing = [k for k in ARCHITECTURE_KEYS[:4] if k not in hparams]
     if missing:
         raise GeodistillError(
             f"the checkpoint does not record its architecture ({', '.join(missing)} missing)", path
         )
-    architecture = {k: hparams.get(k) for k in ARCHITECTURE_KEYS}
     model = create_student(
-        architecture["arch"],
-        architecture["encoder"],
-        architecture["in_channels"],
-        architecture["num_classes"],
+        hparams["arch"],
+        hparams["encoder"],
+        hparams["in_channels"],
+        hparams["num_classes"],
         None,
-        **(architecture["arch_kwargs"] or {}),
+        **(hparams.get("arch_kwargs") or {}),
     )
     state = {
         key.removeprefix("model."): value
@@ -87,6 +84,16 @@ def load_teacher(path: str | Path) -> Teacher:
         raise GeodistillError(
             f"the weights do not fit the recorded architecture: {first}", path
         ) from error
+    return model
+
+
+def load_teacher(path: str | Path) -> Teacher:
+    """Rebuild and freeze the network stored in a geodistill task checkpoint."""
+    path = Path(path)
+    checkpoint = read_checkpoint(path)
+    model = network_from_checkpoint(checkpoint, path)
+    hparams = dict(checkpoint.get("hyper_parameters", {}))
+    architecture = {k: hparams.get(k) for k in ARCHITECTURE_KEYS}
     meta = checkpoint.get("geodistill", {})
     num_bands, num_classes = architecture["in_channels"], architecture["num_classes"]
     return Teacher(

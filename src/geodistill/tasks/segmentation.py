@@ -49,6 +49,7 @@ class SegmentationTask(L.LightningModule):
             raise GeodistillError(f"{len(class_names)} class names for {num_classes} classes")
         self.class_names = class_names or [f"class_{i}" for i in range(num_classes)]
         self.band_names: list[str] = [f"band_{i + 1}" for i in range(in_channels)]
+        self.tile_size: int | None = None
         self.model: SegmentationModel = create_student(
             arch, encoder, in_channels, num_classes, weights, **(arch_kwargs or {})
         )
@@ -72,6 +73,7 @@ class SegmentationTask(L.LightningModule):
             return
         self._check_data(datamodule)
         self.band_names = list(datamodule.band_names)
+        self.tile_size = getattr(datamodule, "patch_size", self.tile_size)
         if stage == "fit" and datamodule.band_stats is not None:
             self.model.normalizer.set_stats(datamodule.band_stats)
 
@@ -144,7 +146,11 @@ class SegmentationTask(L.LightningModule):
         }
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["geodistill"] = {"band_names": self.band_names, "class_names": self.class_names}
+        checkpoint["geodistill"] = {
+            "band_names": self.band_names,
+            "class_names": self.class_names,
+            "tile_size": self.tile_size,
+        }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         meta = checkpoint.get("geodistill", {})
@@ -162,3 +168,4 @@ class SegmentationTask(L.LightningModule):
             )
         self.band_names = list(saved)
         self.class_names = list(meta.get("class_names", self.class_names))
+        self.tile_size = meta.get("tile_size", self.tile_size)

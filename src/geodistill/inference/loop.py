@@ -1,0 +1,126 @@
+"""Many scenes on many devices through Lightning's prediction loop.
+
+Lightning places the model on each device, applies the precision setting, launches one process per
+device and node (DDP), and shares the scenes between them with its distributed sampler; each
+process then streams its scenes through :func:`~geodistill.inference.scene.predict_scene`. Every
+input is checked before the first tile is predicted.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from torch.utils.data import DataLoader
+
+from geodistill.data.datasets import list_images
+from geodistill.errors import GeodistillError
+from geodistill.inference.predictors import Predictor, load_predictor
+from geodistill.inference.scene import (
+    InferenceOptions,
+    SceneOutputs,
+    check_scene,
+    predict_scene,
+)
+
+
+class ScenePrediction(L.LightningModule):
+    """Predict step = one whole scene; the batch is the scene's index in ``jobs``."""
+
+    def __init__(
+        self,
+        predictor: Predictor,
+        jobs: list[tuple[Path, SceneOutputs]],
+        options: InferenceOptions,
+        progress: bool = True,
+    ) -> None:
+        super().__init__()
+        self.predictor = predictor
+        self.jobs = jobs
+        self.options = options
+        self.progress = progress
+
+    def on_predict_start(self) -> None:
+        self.predictor.place(self.device)
+
+    def predict_step(self, batch: list[int], batch_idx: int) -> int:
+        (index,) = batch
+        scene, outputs = self.jobs[index]
+        show = self.progress and self.trainer.is_global_zero
+        predict_scene(self.predictor, scene, outputs, self.options, progress=show)
+        return index
+
+
+def plan_scenes(
+    predictor: Predictor,
+    scenes: Sequence[str | Path],
+    output_dir: str | Path,
+    options: InferenceOptions,
+) -> list[tuple[Path, SceneOutputs]]:
+    """Scene files (paths, folders or globs) and their outputs, all checked up front."""
+    files = [Path(p) for p in list_images([str(s) for s in scenes])]
+    if not files:
+        raise GeodistillError(f"no image files in {', '.join(str(s) for s in scenes)}")
+    options.resolve(predictor.card)
+    jobs, seen = [], {}
+    for scene in files:
+        outputs = SceneOutputs.in_folder(scene, output_dir, options)
+        if outputs.classes in seen:
+            raise GeodistillError(
+                f"two scenes would write {outputs.classes.name} (also {seen[outputs.classes]});"
+                " rename one or predict them into separate folders",
+                scene,
+            )
+        seen[outputs.classes] = scene
+        check_scene(scene, predictor.card, options)
+        existing = [p for p in outputs.paths() if p.exists()]
+        if existing and not options.overwrite:
+            raise GeodistillError("the output exists; pass --overwrite to replace it", existing[0])
+        jobs.append((scene, outputs))
+    return jobs
+
+
+@contextmanager
+def _quiet_lightning() -> Iterator[None]:
+    """Hide Lightning's start-up notices (devices, tips): the tile progress bar is the output."""
+    logger = logging.getLogger("lightning.pytorch")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def infer_scenes(
+    model: str | Path | Predictor,
+    scenes: Sequence[str | Path],
+    output_dir: str | Path,
+    options: InferenceOptions | None = None,
+    trainer: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> list[SceneOutputs]:
+    """Predict every scene with ``model`` (checkpoint, ONNX file or predictor) into ``output_dir``.
+
+    ``trainer`` holds :class:`lightning.Trainer` arguments (``accelerator``, ``devices``,
+    ``num_nodes``, ``strategy``, ``precision``).
+    """
+    options = options or InferenceOptions()
+    predictor = load_predictor(model) if isinstance(model, str | Path) else model
+    jobs = plan_scenes(predictor, scenes, output_dir, options)
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    loader = DataLoader(list(range(len(jobs))), batch_size=1, collate_fn=list)
+    with _quiet_lightning():
+        runner = L.Trainer(
+            **{"accelerator": "auto", "devices": 1, **(trainer or {})},
+            logger=False,
+            enable_checkpointing=False,
+            enable_model_summary=False,
+            enable_progress_bar=False,
+        )
+        runner.predict(ScenePrediction(predictor, jobs, options, progress), loader)
+    return [outputs for _, outputs in jobs]
