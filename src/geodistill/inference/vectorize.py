@@ -34,10 +34,7 @@ from geodistill.atomic import atomic_output
 from geodistill.data.raster import open_raster
 from geodistill.data.vector import CLASSES_TAG
 from geodistill.errors import GeodistillError, GeodistillWarning
-from geodistill.inference.writer import PERCENT_SCALE, PREDICTION_NODATA
-
-CLASS_NAMES_TAG = "class_names"
-"""Dataset tag of a predicted class map holding the JSON list of class names (id = position)."""
+from geodistill.inference.writer import CLASS_NAMES_TAG, PERCENT_SCALE, PREDICTION_NODATA
 
 DRIVERS = {".gpkg": "GPKG", ".geojson": "GeoJSON", ".json": "GeoJSON"}
 """Output suffix -> OGR driver. GeoJSON is written in EPSG:4326 as RFC 7946 asks."""

@@ -33,6 +33,9 @@ PREDICTION_NODATA = 255
 PERCENT_SCALE = 0.01
 """Confidence and probabilities are stored as uint8 percent: value × 0.01 = probability."""
 
+CLASS_NAMES_TAG = "class_names"
+"""Dataset tag of a class map holding the JSON list of class names (id = position)."""
+
 COG_OPTIONS = {"COMPRESS": "DEFLATE", "BLOCKSIZE": "512", "BIGTIFF": "IF_SAFER"}
 
 
@@ -140,7 +143,7 @@ class StreamingGeoTiff:
 
 def class_map_tags(class_names: Sequence[str], source: str | None = None) -> dict[str, str]:
     """Dataset tags of a class map: class names (JSON) for ``vectorize`` and GIS legends."""
-    tags = {"class_names": json.dumps(list(class_names))}
+    tags = {CLASS_NAMES_TAG: json.dumps(list(class_names))}
     if source:
         tags["model"] = source
     return tags
