@@ -15,6 +15,7 @@ import numpy as np
 import rasterio
 from affine import Affine
 from rasterio.crs import CRS
+from rasterio.enums import MaskFlags
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.windows import Window
 
@@ -123,16 +124,27 @@ def read_pixels(
     """:func:`read_image` on an open dataset (1-based ``indexes``): for many windowed reads."""
     try:
         data = src.read(indexes, window=window, boundless=boundless, fill_value=src.nodata)
-        # Per-dataset mask: 0 where any band is flagged nodata by the file's own mask.
-        valid = None
-        if src.nodata is not None:
-            valid = src.read_masks(indexes, window=window, boundless=boundless) > 0
+        masks = None
+        if _has_mask_beyond_nodata(src, indexes):
+            masks = src.read_masks(indexes, window=window, boundless=boundless)
     except RasterioError as err:
         raise GeodistillError(f"cannot read pixels ({err})", src.name) from err
     image = data.astype(np.float32, copy=False)
-    if valid is not None:
-        image = np.where(valid, image, np.nan).astype(np.float32, copy=False)
+    if masks is not None:
+        image[masks == 0] = np.nan
+    elif src.nodata is not None and not np.isnan(src.nodata):
+        image[data == src.nodata] = np.nan
     return image
+
+
+def _has_mask_beyond_nodata(src: rasterio.DatasetReader, indexes: list[int]) -> bool:
+    """Whether a band has a mask other than its nodata value (alpha band, internal mask).
+
+    A nodata-only mask is applied by comparing values, which is an order of magnitude faster
+    than GDAL's windowed ``read_masks``.
+    """
+    flags = [src.mask_flag_enums[i - 1] for i in indexes]
+    return any(MaskFlags.per_dataset in f or MaskFlags.alpha in f for f in flags)
 
 
 def check_same_grid(image: RasterInfo, label: RasterInfo) -> None:

@@ -35,8 +35,9 @@ from geodistill.inference.writer import (
     class_map_tags,
 )
 
-GDAL_CACHE_MB = 64
-"""GDAL block cache while predicting: part of the memory bound, ample for row-wise writes."""
+GDAL_CACHE_BYTES = 64 * 1024**2
+"""GDAL block cache while predicting: part of the memory bound, ample for row-wise reads and
+writes. Given in bytes: rasterio passes the number to GDAL as is (64 would mean 64 bytes)."""
 
 
 @dataclass
@@ -239,7 +240,7 @@ def predict_scene(
     rows = grid.rows
     bar = tqdm(total=len(grid), desc=Path(scene).name, unit="tile", disable=not progress)
     with (
-        rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB),
+        rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES),
         open_raster(scene) as src,
         ThreadPoolExecutor(max_workers=1) as reader,
         ExitStack() as files,
