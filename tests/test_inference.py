@@ -167,6 +167,21 @@ def test_known_per_pixel_model_gives_the_exact_mosaic(
         assert src.scales == (0.01,) and src.nodata == PREDICTION_NODATA
 
 
+def test_column_chunks_and_read_ahead_give_the_same_mosaic(tmp_path, monkeypatch):
+    from geodistill.inference import scene as scene_module
+
+    scene, data = write_scene(tmp_path / "scene.tif", 70, 100)
+    options = InferenceOptions(tile=32, overlap=8)
+    whole, chunked = SceneOutputs(tmp_path / "whole.tif"), SceneOutputs(tmp_path / "chunked.tif")
+    predict_scene(FunctionPredictor(), scene, whole, options)
+    monkeypatch.setattr(scene_module, "WRITE_CHUNK", 24)
+    predict_scene(FunctionPredictor(), scene, chunked, options, prefetch=True)
+    np.testing.assert_array_equal(read(whole.classes), read(chunked.classes))
+    nodata = (data == -9999.0).all(0)
+    expected = np.where(nodata, PREDICTION_NODATA, data[0] > 0.5).astype(np.uint8)
+    np.testing.assert_array_equal(read(chunked.classes)[0], expected)
+
+
 def test_flip_tta_keeps_an_equivariant_model_exact_and_costs_four_passes(tmp_path):
     scene, data = write_scene(tmp_path / "scene.tif")
     predictor = FunctionPredictor()

@@ -51,7 +51,8 @@ class ScenePrediction(L.LightningModule):
         (index,) = batch
         scene, outputs = self.jobs[index]
         show = self.progress and self.trainer.is_global_zero
-        predict_scene(self.predictor, scene, outputs, self.options, progress=show)
+        prefetch = self.device.type != "cpu"
+        predict_scene(self.predictor, scene, outputs, self.options, show, prefetch)
         return index
 
 

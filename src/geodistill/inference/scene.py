@@ -1,7 +1,8 @@
 """Whole-scene prediction with bounded memory: stream tiles in, stream map rows out.
 
 The scene is cut into overlapping tiles on a regular grid (:class:`TileGrid`) and predicted one
-row of tiles at a time, in batches, while the next batch is read in a background thread. Blended
+row of tiles at a time, in batches (read ahead in a background thread when the model runs on an
+accelerator, so reading overlaps its compute; on the CPU both would share the same cores). Blended
 class scores are accumulated in a buffer one tile high and as wide as the scene; as soon as a
 band of rows can receive no more tiles it is normalised, turned into classes (and confidence or
 probabilities) and written. Memory is therefore ``classes × tile × width`` floats plus one batch,
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +36,10 @@ from geodistill.inference.writer import (
     class_map_tags,
 )
 
-GDAL_CACHE_BYTES = 64 * 1024**2
+WRITE_CHUNK = 2048
+"""Columns normalised and written at once: bounds the transient arrays of a finished row band."""
+
+GDAL_CACHE_BYTES = 32 * 1024**2
 """GDAL block cache while predicting: part of the memory bound, ample for row-wise reads and
 writes. Given in bytes: rasterio passes the number to GDAL as is (64 would mean 64 bytes)."""
 
@@ -156,16 +160,20 @@ class _Accumulator:
         self.scores[:, :h, col : col + w] += probs[:, :h, :w] * self.window[:h, :w]
         self.valid[:h, col : col + w] |= valid[:h, :w]
 
-    def release(self, top: int, rows: int) -> tuple[np.ndarray, np.ndarray]:
-        """Final probabilities and validity of scene rows ``[top, top + rows)``; shift the rest."""
-        total = self.row_total[top : top + rows, None] * self.col_total[None, :]
-        probs = self.scores[:, :rows] / total
-        valid = self.valid[:rows].copy()
-        self.scores[:, :-rows] = self.scores[:, rows:].copy()
+    def final(self, top: int, rows: int) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """``(left, probabilities, valid)`` of scene rows ``[top, top + rows)``, which no later
+        tile reaches, in column chunks so that the transient arrays stay small."""
+        for left in range(0, self.grid.width, WRITE_CHUNK):
+            right = min(left + WRITE_CHUNK, self.grid.width)
+            total = self.row_total[top : top + rows, None] * self.col_total[None, left:right]
+            yield left, self.scores[:, :rows, left:right] / total, self.valid[:rows, left:right]
+
+    def shift(self, rows: int) -> None:
+        """Drop the first ``rows`` rows (written): the buffer then starts at the next tile row."""
+        self.scores[:, :-rows] = self.scores[:, rows:]
         self.scores[:, -rows:] = 0
-        self.valid[:-rows] = self.valid[rows:].copy()
+        self.valid[:-rows] = self.valid[rows:]
         self.valid[-rows:] = False
-        return probs, valid
 
 
 def _tta_predict(predictor: Predictor, batch: np.ndarray, tta: bool) -> np.ndarray:
@@ -182,16 +190,18 @@ def _tta_predict(predictor: Predictor, batch: np.ndarray, tta: bool) -> np.ndarr
 
 
 @dataclass
-class _Batch:
+class TileBatch:
+    """A run of tiles of one tile row, as the model sees them."""
+
     row: int
     cols: list[int]
     tiles: np.ndarray  # (n, C, tile, tile), NaN outside the scene
     valid: np.ndarray  # (n, tile, tile): any band has data
 
 
-def _read_batch(
+def read_tile_batch(
     src: rasterio.DatasetReader, indexes: list[int], grid: TileGrid, row: int, cols: list[int]
-) -> _Batch:
+) -> TileBatch:
     """Read the window covering ``cols`` of tile row ``row`` once and cut it into tiles."""
     tile = grid.tile
     height = min(tile, grid.height - row)
@@ -202,10 +212,10 @@ def _read_batch(
     for k, col in enumerate(cols):
         part = pixels[:, :, col - left : col - left + tile]
         tiles[k, :, : part.shape[1], : part.shape[2]] = part
-    return _Batch(row, cols, tiles, ~np.isnan(tiles).all(1))
+    return TileBatch(row, cols, tiles, ~np.isnan(tiles).all(1))
 
 
-def _batches(grid: TileGrid, batch_size: int) -> Iterator[tuple[int, list[int], bool]]:
+def tile_batches(grid: TileGrid, batch_size: int) -> Iterator[tuple[int, list[int], bool]]:
     """``(row, cols, last_of_row)`` in row-major order; batches never span two tile rows."""
     cols = grid.cols
     for row in grid.rows:
@@ -220,11 +230,14 @@ def predict_scene(
     outputs: SceneOutputs,
     options: InferenceOptions | None = None,
     progress: bool = False,
+    prefetch: bool = False,
 ) -> SceneOutputs:
     """Predict ``scene`` tile by tile and write the class map (and extras) as COGs, atomically.
 
     Nodata pixels (declared nodata or NaN in every band) stay nodata in every output. The outputs
     appear only when the whole scene is done; an error or interruption leaves none behind.
+    ``prefetch`` reads the next batch in a thread while the model runs (for GPU predictors: on
+    the CPU it only competes for the cores, and the thread's allocations cost ~100 MB).
     """
     options = options or InferenceOptions()
     card = predictor.card
@@ -242,17 +255,17 @@ def predict_scene(
     with (
         rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES),
         open_raster(scene) as src,
-        ThreadPoolExecutor(max_workers=1) as reader,
+        ThreadPoolExecutor(max_workers=1) if prefetch else _Inline() as reader,
         ExitStack() as files,
         bar,
     ):
         writers = _open_writers(files, outputs, info, card, scene)
-        jobs = list(_batches(grid, options.batch_size))
-        pending = reader.submit(_read_batch, src, indexes, grid, *jobs[0][:2])
+        jobs = list(tile_batches(grid, options.batch_size))
+        pending = reader.submit(read_tile_batch, src, indexes, grid, *jobs[0][:2])
         for k, (row, _, last_of_row) in enumerate(jobs):
             batch = pending.result()
             if k + 1 < len(jobs):
-                pending = reader.submit(_read_batch, src, indexes, grid, *jobs[k + 1][:2])
+                pending = reader.submit(read_tile_batch, src, indexes, grid, *jobs[k + 1][:2])
             probs = _tta_predict(predictor, batch.tiles, options.tta)
             for tile_probs, col, valid in zip(probs, batch.cols, batch.valid, strict=True):
                 accumulator.add(tile_probs, col, valid)
@@ -260,9 +273,19 @@ def predict_scene(
             if last_of_row:
                 index = rows.index(row)
                 stop = rows[index + 1] if index + 1 < len(rows) else grid.height
-                final, valid = accumulator.release(row, stop - row)
-                _write_rows(writers, final, valid, row)
+                for left, final, valid in accumulator.final(row, stop - row):
+                    _write_rows(writers, final, valid, row, left)
+                accumulator.shift(stop - row)
     return outputs
+
+
+class _Inline(Executor):
+    """Runs each submitted call at once, in the calling thread."""
+
+    def submit(self, fn, /, *args, **kwargs) -> Future:  # noqa: ANN001 - Executor's signature
+        future: Future = Future()
+        future.set_result(fn(*args, **kwargs))
+        return future
 
 
 def _open_writers(
@@ -302,15 +325,21 @@ def _open_writers(
 
 def _percent(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
     scaled = np.rint(values / PERCENT_SCALE).astype(np.uint8)
-    return np.where(valid, scaled, PREDICTION_NODATA).astype(np.uint8)
+    scaled[~np.broadcast_to(valid, scaled.shape)] = PREDICTION_NODATA
+    return scaled
 
 
 def _write_rows(
-    writers: dict[str, StreamingGeoTiff], probs: np.ndarray, valid: np.ndarray, top: int
+    writers: dict[str, StreamingGeoTiff],
+    probs: np.ndarray,
+    valid: np.ndarray,
+    top: int,
+    left: int,
 ) -> None:
-    classes = np.where(valid, probs.argmax(0), PREDICTION_NODATA).astype(np.uint8)
-    writers["classes"].write(classes, top)
+    classes = probs.argmax(0).astype(np.uint8)
+    classes[~valid] = PREDICTION_NODATA
+    writers["classes"].write(classes, top, left)
     if "confidence" in writers:
-        writers["confidence"].write(_percent(probs.max(0), valid), top)
+        writers["confidence"].write(_percent(probs.max(0), valid), top, left)
     if "probabilities" in writers:
-        writers["probabilities"].write(_percent(probs, valid[None]), top)
+        writers["probabilities"].write(_percent(probs, valid[None]), top, left)
