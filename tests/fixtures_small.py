@@ -171,3 +171,16 @@ def write_config(path: str | Path, config: dict[str, Any]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
+
+
+def cli(capsys: Any, *args: str) -> tuple[int, str, str]:
+    """Run ``geodistill ARGS`` in-process: (exit code, stdout, stderr)."""
+    from geodistill.cli.main import main
+
+    capsys.readouterr()
+    try:
+        code = main(list(args))
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    out, err = capsys.readouterr()
+    return code, out, err

@@ -23,6 +23,7 @@ import rasterio
 from fixtures_small import (
     CRS,
     chip_transform,
+    cli,
     config_dict,
     make_dataset,
     torch_threads,
@@ -50,17 +51,6 @@ def _one_thread():
 def _in_tmp(tmp_path, monkeypatch):
     """Run every command from an empty folder, so stray relative outputs would be noticed."""
     monkeypatch.chdir(tmp_path)
-
-
-def cli(capsys, *args: str) -> tuple[int, str, str]:
-    """Run ``geodistill ARGS`` in-process: (exit code, stdout, stderr)."""
-    capsys.readouterr()
-    try:
-        code = main(list(args))
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def script_env() -> dict[str, str]:

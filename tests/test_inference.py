@@ -16,9 +16,8 @@ import onnxruntime as ort
 import pytest
 import rasterio
 import torch
-from fixtures_small import CRS, TINY_MODEL, chip_transform, torch_threads, write_tif
+from fixtures_small import CRS, TINY_MODEL, chip_transform, cli, torch_threads, write_tif
 
-from geodistill.cli.main import main
 from geodistill.errors import GeodistillError, GeodistillWarning
 from geodistill.export import export_student
 from geodistill.inference import (
@@ -444,13 +443,6 @@ def test_two_scenes_with_one_output_name_are_refused(exported, tmp_path):
     second, _ = write_scene(tmp_path / "y" / "scene.tif", 40, 50)
     with pytest.raises(GeodistillError, match="two scenes would write scene_classes.tif"):
         infer_scenes(checkpoint, [first, second], tmp_path / "out", progress=False)
-
-
-def cli(capsys, *args: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = main(list(args))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_infer_and_export_commands(exported, tmp_path, capsys):

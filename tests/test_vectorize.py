@@ -16,12 +16,13 @@ import pyogrio
 import pytest
 import rasterio
 import shapely
+from fixtures_small import cli
 from pyproj import Geod
 from rasterio.transform import from_origin
 
 # Imported at collection, not inside a test: it imports Lightning, which binds its log handler to
 # the sys.stderr of the moment (see tests/test_cli.py).
-from geodistill.cli.main import main
+from geodistill.cli.main import main  # noqa: F401
 from geodistill.errors import GeodistillError, GeodistillWarning
 from geodistill.inference.vectorize import format_summary, vectorize_class_map
 
@@ -73,17 +74,6 @@ def scene() -> np.ndarray:
 
 def read(path: Path) -> gpd.GeoDataFrame:
     return gpd.read_file(path)
-
-
-def cli(capsys, *args: str) -> tuple[int, str, str]:
-    """Run ``geodistill ARGS`` in-process: (exit code, stdout, stderr)."""
-    capsys.readouterr()
-    try:
-        code = main(list(args))
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.mark.parametrize("crs", [EQUAL_AREA, LAEA])
