@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint benchmark-dubai benchmark-c2f clean
+.PHONY: demo test lint benchmark-dubai benchmark-c2f benchmark-infer benchmark-real clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,12 @@ benchmark-dubai: $(STAMP)
 benchmark-c2f: $(STAMP)
 	$(BIN)/python benchmarks/dubai_coarse_to_fine.py
 	$(BIN)/python benchmarks/demo_coarse_to_fine.py
+
+benchmark-infer: $(STAMP)
+	$(BIN)/python benchmarks/inference.py
+
+benchmark-real: $(STAMP)
+	$(BIN)/python benchmarks/real_scenes.py
 
 clean:
 	rm -rf $(VENV) outputs
