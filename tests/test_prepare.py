@@ -392,6 +392,27 @@ def test_label_raster_on_another_grid_is_refused(tmp_path: Path, scene: Path) ->
     assert not (tmp_path / "chips").exists()
 
 
+def test_label_raster_shifted_by_a_pixel_is_refused(tmp_path: Path, scene: Path) -> None:
+    with rasterio.open(scene) as src:
+        height, width, transform = src.height, src.width, src.transform
+    shifted = tmp_path / "shifted.tif"
+    with rasterio.open(
+        shifted,
+        "w",
+        driver="GTiff",
+        width=width,
+        height=height,
+        count=1,
+        dtype="uint8",
+        crs=UTM,
+        transform=transform * transform.translation(1, 0),
+    ) as dst:
+        dst.write(np.zeros((1, height, width), np.uint8))
+    with pytest.raises(GeodistillError, match="shifted or another pixel size"):
+        cut_scene(scene, shifted, tmp_path / "chips", 32)
+    assert not (tmp_path / "chips").exists()
+
+
 def test_label_array_of_the_wrong_shape_is_refused(tmp_path: Path, scene: Path) -> None:
     with pytest.raises(GeodistillError, match="shape"):
         cut_scene(scene, np.zeros((10, 10), np.uint8), tmp_path / "chips", 32)

@@ -148,7 +148,11 @@ def _has_mask_beyond_nodata(src: rasterio.DatasetReader, indexes: list[int]) -> 
 
 
 def check_same_grid(image: RasterInfo, label: RasterInfo) -> None:
-    """Refuse an image/label pair whose size or CRS differ."""
+    """Refuse an image/label pair whose size, CRS or (when both are georeferenced) placement differ.
+
+    Placement may differ by a hundredth of a pixel (rounding in the files' own writers); a label
+    without a transform (pixel grid only) is taken as aligned with its image.
+    """
     if image.shape != label.shape:
         raise GeodistillError(
             f"label size {label.width}x{label.height} does not match image {image.path} "
@@ -159,5 +163,13 @@ def check_same_grid(image: RasterInfo, label: RasterInfo) -> None:
         raise GeodistillError(
             f"label CRS {label.crs.to_string()} does not match image {image.path} "
             f"CRS {image.crs.to_string()}",
+            label.path,
+        )
+    georeferenced = not image.transform.is_identity and not label.transform.is_identity
+    tolerance = 0.01 * min(abs(image.transform.a), abs(image.transform.e))
+    if georeferenced and not image.transform.almost_equals(label.transform, tolerance):
+        raise GeodistillError(
+            f"label grid {tuple(label.transform)[:6]} does not match image {image.path} "
+            f"grid {tuple(image.transform)[:6]} (shifted or another pixel size)",
             label.path,
         )
