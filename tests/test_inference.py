@@ -241,11 +241,23 @@ def test_bands_that_do_not_match_the_model_are_refused(tmp_path, names, bands, m
     assert not out.classes.exists()
 
 
-def test_scene_without_band_names_is_matched_by_count(tmp_path):
-    data = np.random.default_rng(1).uniform(size=(3, 40, 40)).astype(np.float32)
-    scene = write_tif(tmp_path / "three.tif", data)
-    with pytest.raises(GeodistillError, match="takes 4 bands"):
-        predict_scene(FunctionPredictor(), scene, SceneOutputs(tmp_path / "map.tif"))
+def test_scene_without_band_names_is_read_in_order_when_the_count_matches(tmp_path):
+    data = np.random.default_rng(1).uniform(size=(4, 40, 40)).astype(np.float32)
+    out = SceneOutputs(tmp_path / "map.tif")
+    predict_scene(FunctionPredictor(), write_tif(tmp_path / "four.tif", data), out)
+    np.testing.assert_array_equal(read(out.classes)[0], (data[0] > 0.5).astype(np.uint8))
+    with pytest.raises(GeodistillError, match="missing b0, b1, b2, b3"):
+        predict_scene(FunctionPredictor(), write_tif(tmp_path / "three.tif", data[:3]), out)
+
+
+def test_unnamed_bands_chosen_in_training_are_found_again(tmp_path):
+    """A model trained on bands 2 and 4 of unnamed files calls them band_2 and band_4."""
+    data = np.random.default_rng(1).uniform(size=(5, 40, 40)).astype(np.float32)
+    predictor = FunctionPredictor()
+    predictor.card.band_names = ["band_4", "band_2"]
+    out = SceneOutputs(tmp_path / "map.tif")
+    predict_scene(predictor, write_tif(tmp_path / "five.tif", data), out)
+    np.testing.assert_array_equal(read(out.classes)[0], (data[3] > 0.5).astype(np.uint8))
 
 
 def test_scene_without_crs_is_predicted_with_a_warning(tmp_path):

@@ -95,27 +95,26 @@ class SceneOutputs:
 def match_bands(info: RasterInfo, card: ModelCard, bands: BandSpec = None) -> list[int]:
     """0-based band indices of ``info`` that feed ``card``'s model, in the model's order.
 
-    An explicit ``bands`` spec wins. Otherwise bands are matched by name when the file names its
-    bands (so a reordered or larger stack works), and by position when it does not.
+    An explicit ``bands`` spec wins. Otherwise bands are matched by name, a file's unnamed band
+    ``i`` being ``band_<i+1>`` as in training, so a reordered or larger stack works; when one side
+    has no real names, a file with the model's band count is read in order.
     """
     if bands is not None:
         indices = resolve_band_spec(info, bands)
-    elif all(info.descriptions) and len(info.descriptions) == info.count:
-        names = [d.lower() for d in info.descriptions]  # type: ignore[union-attr]
+    else:
+        names = [(d or f"band_{i + 1}").lower() for i, d in enumerate(info.descriptions)]
         missing = [b for b in card.band_names if b.lower() not in names]
+        unnamed = not any(info.descriptions) or all(_generic(b) for b in card.band_names)
         if not missing:
             indices = [names.index(b.lower()) for b in card.band_names]
-        elif info.count == card.num_bands and all(_generic(b) for b in card.band_names):
+        elif unnamed and info.count == card.num_bands:
             indices = list(range(info.count))
         else:
             raise GeodistillError(
                 f"the model needs bands {', '.join(card.band_names)}; the file has "
-                f"{', '.join(info.descriptions)} (missing {', '.join(missing)}; "
-                "choose bands with --bands)",  # type: ignore[arg-type]
+                f"{', '.join(names)} (missing {', '.join(missing)}; choose bands with --bands)",
                 info.path,
             )
-    else:
-        indices = list(range(info.count))
     if len(indices) != card.num_bands:
         raise GeodistillError(
             f"the model takes {card.num_bands} bands ({', '.join(card.band_names)}), "
