@@ -303,6 +303,42 @@ def test_prepare_vector_labels_into_chips_and_manifest(tmp_path, capsys):
     assert "manifest.json" in stdout
 
 
+def test_prepare_maps_attribute_values_to_classes(tmp_path, capsys):
+    """A footprint layer whose only attribute says ``building: yes`` (OpenStreetMap style)."""
+    scene = write_scene(tmp_path / "scene.tif")
+    x0, y0 = chip_transform(0).c, chip_transform(0).f
+    building = box(x0 + 400, y0 - 150, x0 + 600, y0 - 50)
+    vector = tmp_path / "osm.geojson"
+    gpd.GeoDataFrame({"building": ["yes"]}, geometry=[building], crs=CRS).to_file(vector)
+    args = ["prepare", str(scene), "--vector", str(vector), "--class-field", "building"]
+    args += ["--classes", "background,building", "--chip-size", "32"]
+    code, _, err = cli(capsys, *args, "-o", str(tmp_path / "refused"))
+    assert code == 2 and "unknown class 'yes'" in err
+    code, _, err = cli(capsys, *args, "--class-values", "yes=building", "-o", str(tmp_path / "c"))
+    assert code == 0, err
+    manifest = json.loads((tmp_path / "c" / "manifest.json").read_text())
+    assert manifest["class_histogram"] == {"0": 64 * 96 - 200, "1": 200}
+    code, _, err = cli(capsys, *args, "--class-values", "yes", "-o", str(tmp_path / "d"))
+    assert code == 2 and "value=class pairs" in err
+
+
+def test_prepare_ignores_label_values_that_mean_no_data(tmp_path, capsys):
+    scene = write_scene(tmp_path / "scene.tif")
+    label = np.zeros((64, 96), np.int16)
+    label[:10, :] = -1  # LabelHand style: -1 is "no data", but no nodata value is declared
+    label[20:30, 40:60] = 1
+    label_path = write_tif(tmp_path / "label.tif", label, transform=chip_transform(0))
+    args = ["prepare", str(scene), "--label", str(label_path), "--chip-size", "32"]
+    code, _, err = cli(capsys, *args, "-o", str(tmp_path / "refused"))
+    assert code == 2 and "--ignore-values" in err
+    code, _, err = cli(capsys, *args, "--ignore-values=-1", "-o", str(tmp_path / "chips"))
+    assert code == 0, err
+    manifest = json.loads((tmp_path / "chips" / "manifest.json").read_text())
+    assert manifest["class_histogram"] == {"0": 64 * 96 - 10 * 96 - 200, "1": 200}
+    with rasterio.open(tmp_path / "chips" / "labels" / "scene_r0_c0.tif") as src:
+        assert (src.read(1)[:10] == 255).all()
+
+
 def test_prepare_failure_leaves_nothing_at_the_output(tmp_path, capsys):
     scene = write_scene(tmp_path / "scene.tif")
     label = np.zeros((64, 96), dtype=np.uint8)

@@ -11,6 +11,26 @@ def _split_list(value: str | None) -> list[str] | None:
     return None if value is None else [v.strip() for v in value.split(",") if v.strip()]
 
 
+def _numbers(value: str | None, option: str) -> list[float]:
+    from geodistill.errors import GeodistillError
+
+    try:
+        return [float(v) for v in _split_list(value) or []]
+    except ValueError as err:
+        raise GeodistillError(f"{option} must be comma-separated numbers: {err}") from err
+
+
+def _pairs(value: str | None, option: str) -> dict[str, str] | None:
+    from geodistill.errors import GeodistillError
+
+    items = _split_list(value)
+    if items is None:
+        return None
+    if not all(item.count("=") == 1 for item in items):
+        raise GeodistillError(f"{option} takes value=class pairs, e.g. yes=building; got {value!r}")
+    return dict(item.split("=") for item in items)  # type: ignore[misc]
+
+
 def _bands(value: str | None) -> list[int | str] | None:
     items = _split_list(value)
     return None if items is None else [int(v) if v.isdigit() else v for v in items]
@@ -33,6 +53,10 @@ def add_prepare(commands: Any) -> None:
     labels.add_argument("--label", help="label raster on the image grid")
     parser.add_argument("--class-field", default="class", help="attribute holding the class")
     parser.add_argument("--classes", help="comma-separated class names (id = position)")
+    parser.add_argument(
+        "--class-values",
+        help="rename attribute values to class names first, e.g. yes=building,no=background",
+    )
     parser.add_argument("--layer", help="layer of a multi-layer vector file")
     parser.add_argument("--all-touched", action="store_true", help="burn every touched pixel")
     parser.add_argument("--chip-size", type=int, default=256)
@@ -40,6 +64,10 @@ def add_prepare(commands: Any) -> None:
     parser.add_argument("--bands", help="comma-separated band indices (0-based) or names")
     parser.add_argument("--min-valid", type=float, default=0.0, help="skip emptier chips")
     parser.add_argument("--ignore-index", type=int, default=255)
+    parser.add_argument(
+        "--ignore-values",
+        help="comma-separated label values that mean no data, e.g. --ignore-values=-1",
+    )
     parser.add_argument("--overwrite", action="store_true")
     parser.set_defaults(func=run_prepare)
 
@@ -59,6 +87,7 @@ def run_prepare(args: argparse.Namespace) -> None:
             classes=classes,
             all_touched=args.all_touched,
             layer=args.layer,
+            class_values=_pairs(args.class_values, "--class-values"),
         )
     manifest = cut_scene(
         args.image,
@@ -71,6 +100,7 @@ def run_prepare(args: argparse.Namespace) -> None:
         ignore_index=args.ignore_index,
         classes=classes,
         overwrite=args.overwrite,
+        ignore_values=_numbers(args.ignore_values, "--ignore-values"),
     )
     print(f"wrote chips and {manifest}")
 

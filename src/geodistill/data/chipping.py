@@ -48,6 +48,7 @@ def cut_scene(
     prefix: str | None = None,
     classes: Sequence[str] | None = None,
     overwrite: bool = False,
+    ignore_values: Sequence[float] = (),
 ) -> Path:
     """Cut ``image_path`` (and its label) into ``chip_size``² chips and return the manifest path.
 
@@ -57,7 +58,8 @@ def cut_scene(
     ``labels/<same name>``, where row/col are the chip's pixel offsets in the scene and
     ``prefix`` defaults to the image's file stem. Chips reaching past the scene edge are padded
     with the image nodata (NaN for float images without one, else 0) and ``ignore_index`` in the
-    label, so every chip has the same size.
+    label, so every chip has the same size. Label values in ``ignore_values`` (e.g. ``-1`` for
+    "no data" in a file that declares no nodata value) also become ``ignore_index``.
 
     A pixel is valid when it lies inside the scene, is not nodata in any selected band and, with
     a label, is not ``ignore_index``; chips whose valid fraction is below ``min_valid_fraction``
@@ -75,7 +77,7 @@ def cut_scene(
     info = raster_info(image_path)
     indexes = [i + 1 for i in resolve_bands(info, bands)]
 
-    with _LabelSource.create(label, info, ignore_index) as labels:
+    with _LabelSource.create(label, info, ignore_index, ignore_values) as labels:
         if classes is None:
             classes = labels.classes
         out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -274,21 +276,27 @@ class _LabelSource:
         ignore_index: int,
         path: str | None = None,
         classes: list[str] | None = None,
+        ignore_values: Sequence[float] = (),
     ) -> None:
         self.array = array
         self.dataset = dataset
         self.ignore_index = ignore_index
         self.path = path
         self.classes = classes
+        self.ignore_values = tuple(ignore_values)
 
     @classmethod
     def create(
-        cls, label: np.ndarray | str | Path | None, image: RasterInfo, ignore_index: int
+        cls,
+        label: np.ndarray | str | Path | None,
+        image: RasterInfo,
+        ignore_index: int,
+        ignore_values: Sequence[float] = (),
     ) -> _LabelSource:
         if label is None:
             return cls(None, None, ignore_index)
         if isinstance(label, (str, Path)):
-            return cls._from_raster(Path(label), image, ignore_index)
+            return cls._from_raster(Path(label), image, ignore_index, ignore_values)
         array = np.asarray(label)
         if array.shape != image.shape:
             raise GeodistillError(
@@ -296,10 +304,13 @@ class _LabelSource:
                 f"{image.height}x{image.width} (rows x cols)",
                 image.path,
             )
-        return cls(_to_uint8(array, ignore_index, None, image.path), None, ignore_index)
+        array = _to_uint8(array, ignore_index, None, image.path, ignore_values)
+        return cls(array, None, ignore_index)
 
     @classmethod
-    def _from_raster(cls, path: Path, image: RasterInfo, ignore_index: int) -> _LabelSource:
+    def _from_raster(
+        cls, path: Path, image: RasterInfo, ignore_index: int, ignore_values: Sequence[float]
+    ) -> _LabelSource:
         info = raster_info(path)
         check_same_grid(image, info)
         if info.count != 1:
@@ -315,7 +326,7 @@ class _LabelSource:
                 classes = [str(c) for c in json.loads(tag)]
             except (ValueError, TypeError):
                 classes = None
-        return cls(None, dataset, ignore_index, str(path), classes)
+        return cls(None, dataset, ignore_index, str(path), classes, ignore_values)
 
     @property
     def present(self) -> bool:
@@ -341,7 +352,9 @@ class _LabelSource:
             data = self.dataset.read(1, window=inner)
         except RasterioError as err:
             raise GeodistillError(f"cannot read pixels ({err})", self.path) from err
-        chip[rows, cols] = _to_uint8(data, self.ignore_index, self.dataset.nodata, self.path)
+        chip[rows, cols] = _to_uint8(
+            data, self.ignore_index, self.dataset.nodata, self.path, self.ignore_values
+        )
         return chip
 
     def close(self) -> None:
@@ -356,10 +369,14 @@ class _LabelSource:
 
 
 def _to_uint8(
-    data: np.ndarray, ignore_index: int, nodata: float | None, path: str | None
+    data: np.ndarray,
+    ignore_index: int,
+    nodata: float | None,
+    path: str | None,
+    ignore_values: Sequence[float] = (),
 ) -> np.ndarray:
-    """Class ids as uint8; nodata (declared value or NaN) becomes ``ignore_index``."""
-    missing = np.zeros(data.shape, dtype=bool)
+    """Class ids as uint8; nodata (declared value, NaN, ``ignore_values``) -> ``ignore_index``."""
+    missing = np.isin(data, ignore_values) if ignore_values else np.zeros(data.shape, bool)
     if nodata is not None:
         missing |= np.isnan(data) if np.isnan(nodata) else data == nodata
     if np.issubdtype(data.dtype, np.floating):
@@ -373,7 +390,9 @@ def _to_uint8(
         low, high = values.min(), values.max()
         if low < 0 or high > 255:
             raise GeodistillError(
-                f"label values range {low}..{high}; class ids must be within 0..255", path
+                f"label values range {low}..{high}; class ids must be within 0..255 "
+                "(mark no-data values with --ignore-values)",
+                path,
             )
     out = np.where(missing, ignore_index, data)
     return out.astype(np.uint8)

@@ -48,11 +48,14 @@ def rasterize_vector(
     all_touched: bool = False,
     nodata_outside: int | None = None,
     layer: str | int | None = None,
+    class_values: Mapping[str, str] | None = None,
 ) -> np.ndarray:
     """Burn a vector layer's features into an ``(H, W)`` class-id array on ``reference``'s grid.
 
     ``class_field`` holds class ids (integers) or class names, which are mapped to their index in
-    ``classes``. Pixels no feature covers get ``background``; with ``nodata_outside`` set, pixels
+    ``classes``; ``class_values`` renames attribute values first (``{"yes": "building"}`` for a
+    layer whose field only says which features are buildings). Pixels no feature covers get
+    ``background``; with ``nodata_outside`` set, pixels
     outside the bounding box of the features that reach the raster get that value instead, so a
     label layer covering only part of a scene does not claim the rest is background.
 
@@ -94,7 +97,10 @@ def rasterize_vector(
         gdf = gdf.to_crs(reference.crs)
     gdf = gdf[gdf.geometry.intersects(shapely.box(*raster_bounds))]
 
-    ids, keep = _class_ids(gdf[class_field], classes, path, class_field)
+    values = gdf[class_field]
+    if class_values:
+        values = values.map(lambda v: class_values.get(str(v), v))
+    ids, keep = _class_ids(values, classes, path, class_field)
     gdf = gdf[keep]
     dtype = _label_dtype([background, nodata_outside, *ids.tolist()], path)
     if len(gdf) == 0:
@@ -132,6 +138,7 @@ def prepare_labels(
     all_touched: bool = False,
     nodata_outside: int | None = None,
     layer: str | int | None = None,
+    class_values: Mapping[str, str] | None = None,
 ) -> Path:
     """Rasterise a vector layer onto an image's grid and write it as a single-band GeoTIFF.
 
@@ -149,6 +156,7 @@ def prepare_labels(
         all_touched=all_touched,
         nodata_outside=nodata_outside,
         layer=layer,
+        class_values=class_values,
     )
     out_path = Path(out_path)
     tags = {CLASSES_TAG: json.dumps(list(classes))} if classes is not None else {}
