@@ -10,7 +10,8 @@ import argparse
 import os
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TextIO
 
 from geodistill.errors import GeodistillError, GeodistillWarning
 
@@ -95,10 +96,21 @@ def user_error(err: BaseException) -> GeodistillError | None:
     return None
 
 
-def _warning_printer(fallback):  # noqa: ANN001, ANN202 - the signature of warnings.showwarning
+ShowWarning = Callable[..., None]
+"""The signature of :func:`warnings.showwarning`."""
+
+
+def _warning_printer(fallback: ShowWarning) -> ShowWarning:
     """One ``geodistill: warning:`` line for our own warnings; ``fallback`` for the rest."""
 
-    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001, ANN202
+    def show(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: TextIO | None = None,
+        line: str | None = None,
+    ) -> None:
         if issubclass(category, GeodistillWarning):
             print(f"geodistill: warning: {message}", file=file or sys.stderr)
         else:
