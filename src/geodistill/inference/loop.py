@@ -78,9 +78,7 @@ def plan_scenes(
             )
         seen[outputs.classes] = scene
         check_scene(scene, predictor.card, options)
-        existing = [p for p in outputs.paths() if p.exists()]
-        if existing and not options.overwrite:
-            raise GeodistillError("the output exists; pass --overwrite to replace it", existing[0])
+        outputs.refuse_existing(options.overwrite)
         jobs.append((scene, outputs))
     return jobs
 

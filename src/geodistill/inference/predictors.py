@@ -99,10 +99,11 @@ class TorchPredictor(nn.Module):
 
 def card_from_checkpoint(checkpoint: dict[str, Any], tile_size: int | None = None) -> ModelCard:
     """The card of a geodistill task checkpoint (band/class names, normalisation, tile size)."""
+    from geodistill.models.teacher import recorded_names
+
     hparams = checkpoint.get("hyper_parameters", {})
     meta = checkpoint.get("geodistill", {})
-    bands = int(hparams.get("in_channels", 0))
-    classes = int(hparams.get("num_classes", 0))
+    band_names, class_names = recorded_names(checkpoint)
     state = checkpoint["state_dict"]
     normalization = {
         name: state[f"model.normalizer.{name}"].tolist()
@@ -110,12 +111,8 @@ def card_from_checkpoint(checkpoint: dict[str, Any], tile_size: int | None = Non
         if f"model.normalizer.{name}" in state
     }
     return ModelCard(
-        band_names=list(meta.get("band_names") or [f"band_{i + 1}" for i in range(bands)]),
-        class_names=list(
-            meta.get("class_names")
-            or hparams.get("class_names")
-            or [f"class_{i}" for i in range(classes)]
-        ),
+        band_names=band_names,
+        class_names=class_names,
         tile_size=int(tile_size or meta.get("tile_size") or DEFAULT_TILE_SIZE),
         normalization=normalization,
         architecture={k: hparams.get(k) for k in ("arch", "encoder", "in_channels", "num_classes")},

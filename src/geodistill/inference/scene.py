@@ -91,6 +91,12 @@ class SceneOutputs:
     def paths(self) -> list[Path]:
         return [p for p in (self.classes, self.confidence, self.probabilities) if p is not None]
 
+    def refuse_existing(self, overwrite: bool) -> None:
+        """An existing output is only replaced when ``overwrite`` says so."""
+        existing = [p for p in self.paths() if p.exists()]
+        if existing and not overwrite:
+            raise GeodistillError("the output exists; pass --overwrite to replace it", existing[0])
+
 
 def match_bands(info: RasterInfo, card: ModelCard, bands: BandSpec = None) -> list[int]:
     """0-based band indices of ``info`` that feed ``card``'s model, in the model's order.
@@ -128,8 +134,10 @@ def _generic(name: str) -> bool:
     return name.lower().startswith("band_") and name[5:].isdigit()
 
 
-def check_scene(scene: str | Path, card: ModelCard, options: InferenceOptions) -> list[int]:
-    """Refuse a scene the model cannot read (before any work); return its band indices."""
+def check_scene(
+    scene: str | Path, card: ModelCard, options: InferenceOptions
+) -> tuple[RasterInfo, list[int]]:
+    """Refuse a scene the model cannot read (before any work); return its header and bands."""
     info = raster_info(scene)
     indices = match_bands(info, card, options.bands)
     if info.crs is None:
@@ -138,7 +146,7 @@ def check_scene(scene: str | Path, card: ModelCard, options: InferenceOptions) -
             GeodistillWarning,
             stacklevel=2,
         )
-    return indices
+    return info, indices
 
 
 class _Accumulator:
@@ -241,12 +249,9 @@ def predict_scene(
     options = options or InferenceOptions()
     card = predictor.card
     tile, overlap = options.resolve(card)
-    indexes = [i + 1 for i in check_scene(scene, card, options)]
-    if not options.overwrite:
-        existing = [str(p) for p in outputs.paths() if p.exists()]
-        if existing:
-            raise GeodistillError("the output exists; pass --overwrite to replace it", existing[0])
-    info = raster_info(scene)
+    info, bands = check_scene(scene, card, options)
+    indexes = [i + 1 for i in bands]
+    outputs.refuse_existing(options.overwrite)
     grid = TileGrid(info.height, info.width, tile, overlap)
     accumulator = _Accumulator(card.num_classes, grid)
     rows = grid.rows

@@ -20,6 +20,7 @@ from typing import Any
 import geopandas as gpd
 import numpy as np
 import pandas as pd
+import rasterio
 import shapely
 from affine import Affine
 from pyproj import CRS as ProjCRS
@@ -209,17 +210,22 @@ def _read_class_map(path: Path) -> tuple[np.ndarray, np.ndarray, _Grid]:
                 f"of {dtype}",
                 path,
             )
-        nodata = PREDICTION_NODATA if src.nodata is None else src.nodata
-        try:
-            labels = src.read(1)
-            valid = src.read_masks(1) > 0
-        except RasterioError as err:
-            raise GeodistillError(f"cannot read pixels ({err})", path) from err
+        labels, valid = _read_band(src, path)
         grid = _Grid(src.width, src.height, src.crs, src.transform, dict(src.tags()))
-    valid &= labels != nodata
     if dtype.kind == "i":
         valid &= labels >= 0
     return labels, valid, grid
+
+
+def _read_band(src: rasterio.DatasetReader, path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Band 1 and its valid mask: not masked by the file, not its nodata (255 when undeclared)."""
+    nodata = PREDICTION_NODATA if src.nodata is None else src.nodata
+    try:
+        values = src.read(1)
+        valid = src.read_masks(1) > 0
+    except RasterioError as err:
+        raise GeodistillError(f"cannot read pixels ({err})", path) from err
+    return values, valid & (values != nodata)
 
 
 def _class_names(tags: dict[str, str], path: Path) -> list[str] | None:
@@ -310,13 +316,8 @@ def _read_confidence(path: Path, grid: _Grid) -> np.ndarray:
                 path,
             )
         dtype = np.dtype(src.dtypes[0])
-        nodata = PREDICTION_NODATA if src.nodata is None else src.nodata
-        try:
-            values = src.read(1)
-            valid = src.read_masks(1) > 0
-        except RasterioError as err:
-            raise GeodistillError(f"cannot read pixels ({err})", path) from err
-    valid &= (values != nodata) & ~np.isnan(values.astype(np.float32, copy=False))
+        values, valid = _read_band(src, path)
+    valid &= ~np.isnan(values.astype(np.float32, copy=False))
     scale = PERCENT_SCALE if dtype.kind in "iu" else 1.0
     confidence = np.where(valid, values.astype(np.float32) * np.float32(scale), np.nan)
     checked = confidence[valid]

@@ -56,6 +56,21 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return checkpoint
 
 
+def recorded_names(checkpoint: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """Band and class names a task checkpoint recorded, or ``band_<i>``/``class_<i>`` defaults."""
+    hparams = checkpoint.get("hyper_parameters", {})
+    meta = checkpoint.get("geodistill", {})
+    bands = int(hparams.get("in_channels", 0))
+    classes = int(hparams.get("num_classes", 0))
+    band_names = meta.get("band_names") or [f"band_{i + 1}" for i in range(bands)]
+    class_names = (
+        meta.get("class_names")
+        or hparams.get("class_names")
+        or [f"class_{i}" for i in range(classes)]
+    )
+    return list(band_names), list(class_names)
+
+
 def network_from_checkpoint(checkpoint: dict[str, Any], path: str | Path) -> SegmentationModel:
     """Rebuild the ``model.*`` network of a task checkpoint from its recorded architecture."""
     hparams = dict(checkpoint.get("hyper_parameters", {}))
@@ -93,17 +108,11 @@ def load_teacher(path: str | Path) -> Teacher:
     checkpoint = read_checkpoint(path)
     model = network_from_checkpoint(checkpoint, path)
     hparams = dict(checkpoint.get("hyper_parameters", {}))
-    architecture = {k: hparams.get(k) for k in ARCHITECTURE_KEYS}
-    meta = checkpoint.get("geodistill", {})
-    num_bands, num_classes = architecture["in_channels"], architecture["num_classes"]
+    band_names, class_names = recorded_names(checkpoint)
     return Teacher(
         model=freeze(model),  # type: ignore[arg-type]
-        band_names=list(meta.get("band_names") or [f"band_{i + 1}" for i in range(num_bands)]),
-        class_names=list(
-            meta.get("class_names")
-            or hparams.get("class_names")
-            or [f"class_{i}" for i in range(num_classes)]
-        ),
-        architecture=architecture,
+        band_names=band_names,
+        class_names=class_names,
+        architecture={k: hparams.get(k) for k in ARCHITECTURE_KEYS},
         path=path,
     )
