@@ -22,7 +22,7 @@ import torch
 from geodistill.atomic import atomic_output
 from geodistill.errors import GeodistillError
 from geodistill.inference.predictors import ONNX_METADATA_KEY, ModelCard, card_from_checkpoint
-from geodistill.models.teacher import freeze, network_from_checkpoint, read_checkpoint
+from geodistill.models.teachers.checkpoint import freeze, network_from_checkpoint, read_checkpoint
 from geodistill.tasks.segmentation import SegmentationTask
 
 STUDENT_PREFIXES = ("model.", "criterion.")

@@ -99,7 +99,7 @@ class TorchPredictor(nn.Module):
 
 def card_from_checkpoint(checkpoint: dict[str, Any], tile_size: int | None = None) -> ModelCard:
     """The card of a geodistill task checkpoint (band/class names, normalisation, tile size)."""
-    from geodistill.models.teacher import recorded_names
+    from geodistill.models.teachers.checkpoint import recorded_names
 
     hparams = checkpoint.get("hyper_parameters", {})
     meta = checkpoint.get("geodistill", {})
@@ -137,7 +137,11 @@ def card_from_task(task: Any) -> ModelCard:
 
 def load_checkpoint_predictor(path: str | Path) -> TorchPredictor:
     """The student of any geodistill task checkpoint, teacher-free, on the CPU."""
-    from geodistill.models.teacher import freeze, network_from_checkpoint, read_checkpoint
+    from geodistill.models.teachers.checkpoint import (
+        freeze,
+        network_from_checkpoint,
+        read_checkpoint,
+    )
 
     checkpoint = read_checkpoint(path)
     network = freeze(network_from_checkpoint(checkpoint, path))

@@ -33,6 +33,28 @@ class SegmentationOutput:
     logits: Tensor
 
 
+def select_levels(output: SegmentationOutput, levels: list[str]) -> list[Tensor]:
+    """Feature maps named ``encoder.<i>`` (encoder stage, negative from the deepest) or
+    ``decoder``."""
+    maps = []
+    for level in levels:
+        if level == "decoder":
+            maps.append(output.decoder)
+        elif level.startswith("encoder."):
+            try:
+                maps.append(output.features[int(level.split(".", 1)[1])])
+            except (ValueError, IndexError):
+                raise GeodistillError(
+                    f"unknown feature level {level!r}: the encoder has {len(output.features)} "
+                    "levels (use 'encoder.<index>', e.g. encoder.-1)"
+                ) from None
+        else:
+            raise GeodistillError(
+                f"unknown feature level {level!r}: use 'decoder' or 'encoder.<index>'"
+            )
+    return maps
+
+
 class SegmentationModel(nn.Module):
     """Band normaliser + smp encoder/decoder/head, for any number of input bands."""
 

@@ -28,7 +28,8 @@ from geodistill.errors import GeodistillError
 from geodistill.losses.attention import distillation_attention
 from geodistill.losses.distillation import FeatureDistillation, prediction_distillation
 from geodistill.models import SegmentationModel, SegmentationOutput
-from geodistill.models.teacher import Teacher, load_teacher
+from geodistill.models.student import select_levels
+from geodistill.models.teachers.checkpoint import TrainedNetwork, load_trained_network
 from geodistill.tasks.schedules import Schedule
 from geodistill.tasks.segmentation import SegmentationTask
 
@@ -38,28 +39,6 @@ STATS_TOLERANCE = 10.0
 """How far (in teacher standard deviations, or as a std ratio) the student data's band statistics
 may sit from the teacher's before the data is judged to be scaled differently (e.g. reflectance
 0-1 against digital numbers 0-10000), rather than merely shifted by the domain."""
-
-
-def select_levels(output: SegmentationOutput, levels: list[str]) -> list[Tensor]:
-    """Feature maps named ``encoder.<i>`` (encoder stage, negative from the deepest) or
-    ``decoder``."""
-    maps = []
-    for level in levels:
-        if level == "decoder":
-            maps.append(output.decoder)
-        elif level.startswith("encoder."):
-            try:
-                maps.append(output.features[int(level.split(".", 1)[1])])
-            except (ValueError, IndexError):
-                raise GeodistillError(
-                    f"unknown feature level {level!r}: the encoder has {len(output.features)} "
-                    "levels (use 'encoder.<index>', e.g. encoder.-1)"
-                ) from None
-        else:
-            raise GeodistillError(
-                f"unknown feature level {level!r}: use 'decoder' or 'encoder.<index>'"
-            )
-    return maps
 
 
 class CoarseToFineTask(SegmentationTask):
@@ -118,7 +97,7 @@ class CoarseToFineTask(SegmentationTask):
         if attention not in ("attentive", "uniform"):
             raise GeodistillError(f"model.attention must be 'attentive' or 'uniform': {attention}")
         feature_levels = list(feature_levels or ["encoder.-1", "decoder"])
-        loaded = load_teacher(teacher)
+        loaded = load_trained_network(teacher)
         if init_from_teacher:
             arch = loaded.architecture["arch"]
             encoder = loaded.architecture["encoder"]
@@ -158,7 +137,7 @@ class CoarseToFineTask(SegmentationTask):
         if init_from_teacher:
             self.model.load_state_dict(_reorder_head(loaded.model, self._class_order))
         # A plain attribute, not a submodule: the teacher is never trained, saved or exported.
-        self._teacher: Teacher = loaded
+        self._teacher: TrainedNetwork = loaded
         self.feature_distillation = FeatureDistillation(
             *self._level_channels(self.model, loaded.model, feature_levels)
         )
@@ -167,7 +146,7 @@ class CoarseToFineTask(SegmentationTask):
     def distills(self) -> bool:
         return self.hparams.feature_weight > 0 or self.hparams.prediction_weight > 0
 
-    def _check_teacher(self, teacher: Teacher) -> None:
+    def _check_teacher(self, teacher: TrainedNetwork) -> None:
         if teacher.architecture["in_channels"] != self.hparams.in_channels:
             raise GeodistillError(
                 f"the teacher takes {teacher.architecture['in_channels']} bands "

@@ -1,8 +1,9 @@
-"""Frozen teachers loaded from geodistill checkpoints.
+"""Networks of geodistill task checkpoints, rebuilt offline: the ``geodistill`` teacher kind.
 
-A teacher is the network of any geodistill task checkpoint (``model.*`` weights, the task's
-architecture hyper-parameters and the band and class names it was trained on), rebuilt offline,
-put in eval mode and frozen.
+A checkpoint holds the ``model.*`` weights, the task's architecture hyper-parameters and the band
+and class names it was trained on. :func:`load_trained_network` rebuilds and freezes that network
+(the coarse-to-fine task initialises its student from it); the registered ``geodistill`` teacher
+kind wraps it for any distillation task.
 """
 
 from __future__ import annotations
@@ -12,16 +13,25 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from geodistill.errors import GeodistillError
-from geodistill.models.student import SegmentationModel, create_student
+from geodistill.models.student import SegmentationModel, create_student, select_levels
+from geodistill.models.teachers.bands import map_bands
+from geodistill.models.teachers.base import (
+    Teacher,
+    TeacherNetwork,
+    TeacherOutput,
+    TeacherSpec,
+    register_teacher,
+)
 
 ARCHITECTURE_KEYS = ("arch", "encoder", "in_channels", "num_classes", "arch_kwargs")
 """Task hyper-parameters that rebuild a checkpoint's network."""
 
 
 @dataclass
-class Teacher:
+class TrainedNetwork:
     """A frozen network with the band and class names its checkpoint recorded."""
 
     model: SegmentationModel
@@ -102,17 +112,70 @@ def network_from_checkpoint(checkpoint: dict[str, Any], path: str | Path) -> Seg
     return model
 
 
-def load_teacher(path: str | Path) -> Teacher:
+def load_trained_network(path: str | Path) -> TrainedNetwork:
     """Rebuild and freeze the network stored in a geodistill task checkpoint."""
     path = Path(path)
     checkpoint = read_checkpoint(path)
     model = network_from_checkpoint(checkpoint, path)
     hparams = dict(checkpoint.get("hyper_parameters", {}))
     band_names, class_names = recorded_names(checkpoint)
-    return Teacher(
+    return TrainedNetwork(
         model=freeze(model),  # type: ignore[arg-type]
         band_names=band_names,
         class_names=class_names,
         architecture={k: hparams.get(k) for k in ARCHITECTURE_KEYS},
         path=path,
     )
+
+
+class CheckpointTeacherNetwork(TeacherNetwork):
+    """A geodistill task's network as a teacher: features at named levels, and its logits.
+
+    Levels are ``encoder.<i>`` (negative from the deepest) and ``decoder``; the default is the
+    four deepest encoder stages. The checkpoint's own band normaliser prepares the input.
+    """
+
+    normalizes_input = True
+
+    def __init__(self, trained: TrainedNetwork, levels: list[str] | None = None) -> None:
+        super().__init__()
+        self.model = trained.model
+        self.levels = list(levels or DEFAULT_LEVELS)
+        self.in_channels = self.model.normalizer.num_bands
+        self.band_names = trained.band_names
+        self.class_names = trained.class_names
+        probe = torch.zeros(1, self.in_channels, 64, 64)
+        select_levels(self.model.forward_features(probe), self.levels)  # refuses unknown levels
+
+    def forward(self, x: Tensor) -> TeacherOutput:
+        output = self.model.forward_features(x)
+        return TeacherOutput(select_levels(output, self.levels), output.logits)
+
+
+DEFAULT_LEVELS = ["encoder.-4", "encoder.-3", "encoder.-2", "encoder.-1"]
+"""Feature levels of a checkpoint teacher when the spec names none: the four deepest stages."""
+
+
+@register_teacher("geodistill")
+def build_checkpoint_teacher(spec: TeacherSpec, student_bands: list[str]) -> Teacher:
+    """A teacher from any geodistill task checkpoint (``spec.path``)."""
+    if spec.path is None:
+        raise GeodistillError("a geodistill teacher needs teacher.path (a task checkpoint)")
+    if spec.mean is not None or spec.std is not None or spec.scale is not None:
+        raise GeodistillError(
+            "a geodistill checkpoint stores its own normalisation: drop teacher.mean/std/scale",
+            spec.path,
+        )
+    if spec.expand_input:
+        raise GeodistillError(
+            "teacher.expand_input applies to timm/torchgeo teachers, not to a geodistill "
+            "checkpoint trained on its own bands",
+            spec.path,
+        )
+    trained = load_trained_network(spec.path)
+    with torch.no_grad():
+        network = CheckpointTeacherNetwork(trained, [str(level) for level in spec.layers or []])
+    indices = map_bands(
+        student_bands, network.in_channels, trained.band_names, spec.bands, spec.path
+    )
+    return Teacher(network, indices, None, spec)
