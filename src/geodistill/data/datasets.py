@@ -145,6 +145,12 @@ class ChipDataset(Dataset):
     def __len__(self) -> int:
         return len(self.images) * self.crops_per_image
 
+    def read_window(self, i: int, window: Window | None) -> tuple[np.ndarray, np.ndarray]:
+        """Chip ``i``, or a window of it padded with nodata/ignore, untransformed: the image (NaN
+        nodata) and the mask (nodata ignored). The teacher cache reads its fixed windows here."""
+        image, mask = self._read(i, window)
+        return (image, mask) if window is not None else (image.copy(), mask.copy())
+
     def _read(self, i: int, window: Window | None) -> tuple[np.ndarray, np.ndarray]:
         if self.cache:
             if i not in self._cache:
@@ -218,7 +224,9 @@ def pad_collate(
     """Stack samples of different sizes, padding bottom/right to a common multiple of ``multiple``.
 
     Padding is nodata (NaN) in the image and ignore in the mask, so it never affects metrics;
-    ``shape`` keeps each sample's true size for writers that crop the padding off again.
+    ``shape`` keeps each sample's true size for writers that crop the padding off again. Cached
+    teacher targets (``"teacher"``, see :mod:`geodistill.data.teacher_cache`) are stacked as they
+    are: all cache windows have one size.
     """
     height = max(s["image"].shape[-2] for s in samples)
     width = max(s["image"].shape[-1] for s in samples)
@@ -228,9 +236,22 @@ def pad_collate(
         pad = (0, width - s["image"].shape[-1], 0, height - s["image"].shape[-2])
         images.append(F.pad(s["image"], pad, value=float("nan")))
         masks.append(F.pad(s["mask"], pad, value=ignore_index))
-    return {
+    batch = {
         "image": torch.stack(images),
         "mask": torch.stack(masks),
         "index": torch.tensor([s["index"] for s in samples]),
         "shape": torch.tensor([list(s["image"].shape[-2:]) for s in samples]),
+    }
+    if "teacher" in samples[0]:
+        batch["teacher"] = _stack_teacher([s["teacher"] for s in samples])
+    return batch
+
+
+def _stack_teacher(targets: list[dict[str, Any]]) -> dict[str, Any]:
+    """Cached teacher targets of equal-size windows: one ``(B, C, h, w)`` tensor per level."""
+    levels = zip(*(t["features"] for t in targets), strict=True)
+    logits = [t["logits"] for t in targets]
+    return {
+        "features": [torch.stack(level) for level in levels],
+        "logits": None if logits[0] is None else torch.stack(logits),
     }

@@ -54,9 +54,22 @@ def train_transforms(photometric: bool = True) -> v2.Transform:
     return v2.Compose(steps)
 
 
-def apply_transform(transform: v2.Transform | None, image: torch.Tensor, mask: torch.Tensor):
-    """Run ``transform`` on an image/mask pair and return plain tensors."""
+def apply_transform(
+    transform: v2.Transform | None,
+    image: torch.Tensor,
+    mask: torch.Tensor,
+    *targets: torch.Tensor,
+) -> tuple[torch.Tensor, ...]:
+    """Run ``transform`` on an image/mask pair and return plain tensors.
+
+    Extra ``targets`` (``(C, h, w)`` maps at any resolution, e.g. cached teacher features) go
+    through the same geometric steps as the mask, with the same random draws, and are returned
+    after it; photometric steps leave them alone. Only steps exact at every resolution (flips,
+    90° rotations) keep maps of different sizes aligned.
+    """
     if transform is None:
-        return image, mask
-    out_image, out_mask = transform(tv_tensors.Image(image), tv_tensors.Mask(mask))
-    return out_image.as_subclass(torch.Tensor), out_mask.as_subclass(torch.Tensor)
+        return image, mask, *targets
+    outputs = transform(
+        tv_tensors.Image(image), tv_tensors.Mask(mask), *(tv_tensors.Mask(t) for t in targets)
+    )
+    return tuple(output.as_subclass(torch.Tensor) for output in outputs)

@@ -4,7 +4,12 @@ Importing this package registers the built-in kinds: ``geodistill`` (task checkp
 ``torchgeo`` (optional extra) and ``onnx`` (ONNX Runtime).
 """
 
-from geodistill.models.teachers import checkpoint  # noqa: F401 - registers "geodistill"
+from geodistill.models.teachers import (
+    checkpoint,  # noqa: F401 - registers "geodistill"
+    from_onnx,  # noqa: F401 - registers "onnx"
+    from_timm,  # noqa: F401 - registers "timm"
+    from_torchgeo,  # noqa: F401 - registers "torchgeo"
+)
 from geodistill.models.teachers.bands import map_bands
 from geodistill.models.teachers.base import (
     TEACHER_KINDS,

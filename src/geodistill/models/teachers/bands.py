@@ -8,9 +8,16 @@ band indices, one per teacher input band, in the teacher's order.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from geodistill.errors import GeodistillError
+
+
+def band_key(name: str) -> str:
+    """What tells two band names apart: not case, nor zero padding (``B02`` is ``b2``, ``B8A``
+    is ``b8a``), so Sentinel-2 files and torchgeo's band lists (``B1``...``B8a``) match."""
+    return re.sub(r"(?<!\d)0+(?=\d)", "", name.strip().lower())
 
 
 def _student_index(band: int | str, student_bands: list[str], path: str | Path | None) -> int:
@@ -23,13 +30,13 @@ def _student_index(band: int | str, student_bands: list[str], path: str | Path |
                 path,
             )
         return index
-    lowered = [name.lower() for name in student_bands]
-    if band.lower() not in lowered:
+    keys = [band_key(name) for name in student_bands]
+    if band_key(band) not in keys:
         raise GeodistillError(
             f"teacher band {band!r} is not among the student bands ({', '.join(student_bands)})",
             path,
         )
-    return lowered.index(band.lower())
+    return keys.index(band_key(band))
 
 
 def map_bands(
@@ -53,9 +60,9 @@ def map_bands(
                 path,
             )
         return [_student_index(band, student_bands, path) for band in requested]
-    lowered = [name.lower() for name in student_bands]
-    if teacher_bands is not None and all(name.lower() in lowered for name in teacher_bands):
-        return [lowered.index(name.lower()) for name in teacher_bands]
+    keys = [band_key(name) for name in student_bands]
+    if teacher_bands is not None and all(band_key(name) in keys for name in teacher_bands):
+        return [keys.index(band_key(name)) for name in teacher_bands]
     if teacher_count == len(student_bands):
         return list(range(teacher_count))
     teacher_desc = ", ".join(teacher_bands) if teacher_bands else "unnamed"

@@ -134,6 +134,42 @@ class InputNormalization(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return (x * self.scale - self.mean) / self.std
 
+    @classmethod
+    def from_spec(
+        cls,
+        spec: TeacherSpec,
+        bands: int,
+        default: tuple[float, list[float], list[float]] | None = None,
+        cycle_from: int | None = None,
+    ) -> InputNormalization | None:
+        """The spec's ``scale``/``mean``/``std`` over the kind's own ``default``, per teacher band.
+
+        One value applies to every band; ``cycle_from`` (the weights file's band count, when its
+        first layer was expanded to ``bands``) lets per-file-band values cycle like the filters.
+        ``None`` when neither the spec nor the kind normalise (the raw values go in).
+        """
+        if default is None and spec.scale is None and spec.mean is None and spec.std is None:
+            return None
+        scale, mean, std = default or (1.0, [0.0], [1.0])
+
+        def fit(values: list[float], what: str) -> list[float]:
+            values = [float(v) for v in values]
+            if len(values) == bands:
+                return values
+            if len(values) == 1 or len(values) == cycle_from:
+                return [values[i % len(values)] for i in range(bands)]
+            raise GeodistillError(
+                f"teacher {what} has {len(values)} values, the teacher takes {bands} bands: "
+                f"set teacher.{what} (one value per teacher band)",
+                spec.path,
+            )
+
+        return cls(
+            spec.scale if spec.scale is not None else scale,
+            fit(spec.mean if spec.mean is not None else mean, "mean"),
+            fit(spec.std if spec.std is not None else std, "std"),
+        )
+
 
 class Teacher(nn.Module):
     """A frozen teacher for a given list of student bands (see the module docstring).
