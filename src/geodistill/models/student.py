@@ -1,7 +1,9 @@
 """Student networks: segmentation-models-pytorch architectures behind one small interface.
 
 Distillation needs more than logits: :meth:`SegmentationModel.forward_features` exposes the
-multi-level encoder features and the decoder output that the distillation losses tap.
+multi-level encoder features and the decoder output that the distillation losses tap. A student
+may carry a :class:`~geodistill.models.modulation.FeatureModulation` (KTDA's FMM) between its
+encoder and decoder; it is part of the network, saved and exported with it.
 """
 
 from __future__ import annotations
@@ -9,12 +11,14 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import segmentation_models_pytorch as smp
 import torch
 from torch import Tensor, nn
 
 from geodistill.errors import GeodistillError
+from geodistill.models.modulation import FeatureModulation, ModulationConfig
 from geodistill.models.normalizer import BandNormalizer
 
 ARCHITECTURES = ("unet", "unetplusplus", "fpn", "deeplabv3plus", "upernet", "segformer", "pspnet")
@@ -56,12 +60,24 @@ def select_levels(output: SegmentationOutput, levels: list[str]) -> list[Tensor]
 
 
 class SegmentationModel(nn.Module):
-    """Band normaliser + smp encoder/decoder/head, for any number of input bands."""
+    """Band normaliser + smp encoder/(feature modulation)/decoder/head, for any number of bands.
 
-    def __init__(self, network: smp.base.SegmentationModel, num_bands: int) -> None:
+    With ``modulation``, the encoder's features pass through a
+    :class:`~geodistill.models.modulation.FeatureModulation` before the decoder.
+    """
+
+    def __init__(
+        self,
+        network: smp.base.SegmentationModel,
+        num_bands: int,
+        modulation: ModulationConfig | None = None,
+    ) -> None:
         super().__init__()
         self.normalizer = BandNormalizer(num_bands)
         self.network = network
+        self.modulation = (
+            None if modulation is None else FeatureModulation(self.encoder_channels, modulation)
+        )
 
     @property
     def encoder_channels(self) -> list[int]:
@@ -70,9 +86,29 @@ class SegmentationModel(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_features(x).logits
 
+    def decoder_levels(self, size: int = 64) -> list[int]:
+        """Indices of the encoder levels the decoder reads (U-Net skips level 0, DeepLabV3+ reads
+        two levels...), found by differentiating the logits of a probe tile w.r.t. each level."""
+        was_training = self.training
+        self.eval()
+        parameter = next(self.parameters())
+        probe = torch.zeros(1, self.normalizer.num_bands, size, size, device=parameter.device)
+        with torch.enable_grad():
+            features = [
+                f.detach().requires_grad_() for f in self.network.encoder(self.normalizer(probe))
+            ]
+            logits = self.network.segmentation_head(self.network.decoder(features))
+            grads = torch.autograd.grad(logits.sum(), features, allow_unused=True)
+        self.train(was_training)
+        return [i for i, grad in enumerate(grads) if grad is not None]
+
     def forward_features(self, x: Tensor) -> SegmentationOutput:
+        """Encoder features *before* modulation (what distillation aligns with a teacher: the
+        encoder learns the teacher's representation, the modulation stays free to adapt it for
+        the task), the decoder output computed from the modulated features, and the logits."""
         features = self.network.encoder(self.normalizer(x))
-        decoder = self.network.decoder(features)
+        decoder_input = features if self.modulation is None else self.modulation(features)
+        decoder = self.network.decoder(decoder_input)
         logits = self.network.segmentation_head(decoder)
         return SegmentationOutput(features=features, decoder=decoder, logits=logits)
 
@@ -83,13 +119,17 @@ def create_student(
     in_channels: int = 3,
     num_classes: int = 2,
     weights: str | None = None,
+    modulation: ModulationConfig | dict[str, Any] | None = None,
     **arch_kwargs: object,
 ) -> SegmentationModel:
     """Build a student in one line, like ``smp.create_model`` but multispectral and offline.
 
     ``weights`` is ``None`` (random init), a local file (smp model, encoder or Lightning checkpoint
     state dict, ``.pt``/``.pth``/``.ckpt``/``.safetensors``), or an smp weight name such as
-    ``"imagenet"``, which downloads and so is never a default.
+    ``"imagenet"``, which downloads and so is never a default. ``modulation`` (a
+    :class:`~geodistill.models.modulation.ModulationConfig` or its mapping) adds feature
+    modulation blocks between encoder and decoder; it may also arrive inside ``arch_kwargs``,
+    which is how task checkpoints record it.
     """
     download = weights if weights in NETWORK_WEIGHTS else None
     if arch.lower() == "fpn" and "upsampling" not in arch_kwargs:
@@ -110,7 +150,7 @@ def create_student(
         raise GeodistillError(
             f"cannot build model arch={arch!r} encoder={encoder!r}: {err}"
         ) from err
-    model = SegmentationModel(network, in_channels)
+    model = SegmentationModel(network, in_channels, ModulationConfig.from_value(modulation))
     if weights is not None and download is None:
         load_local_weights(model, weights)
     return model

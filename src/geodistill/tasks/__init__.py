@@ -1,6 +1,7 @@
 """Lightning training tasks: supervised segmentation, and the distillation tasks built on it."""
 
 from geodistill.tasks.coarse_to_fine import CoarseToFineTask
+from geodistill.tasks.knowledge_transfer import KnowledgeTransferTask
 from geodistill.tasks.segmentation import SegmentationTask
 
-__all__ = ["CoarseToFineTask", "SegmentationTask"]
+__all__ = ["CoarseToFineTask", "KnowledgeTransferTask", "SegmentationTask"]

@@ -26,8 +26,10 @@ from geodistill.models.teachers.base import (
     register_teacher,
 )
 
-ARCHITECTURE_KEYS = ("arch", "encoder", "in_channels", "num_classes", "arch_kwargs")
-"""Task hyper-parameters that rebuild a checkpoint's network."""
+ARCHITECTURE_KEYS = ("arch", "encoder", "in_channels", "num_classes", "arch_kwargs", "modulation")
+"""Task hyper-parameters that rebuild a checkpoint's network (the first four are required; feature
+modulation is read from ``arch_kwargs.modulation``, where tasks record it so that exported
+students keep it, or from a top-level ``modulation``)."""
 
 
 @dataclass
@@ -89,13 +91,16 @@ def network_from_checkpoint(checkpoint: dict[str, Any], path: str | Path) -> Seg
         raise GeodistillError(
             f"the checkpoint does not record its architecture ({', '.join(missing)} missing)", path
         )
+    arch_kwargs = dict(hparams.get("arch_kwargs") or {})
+    if arch_kwargs.get("modulation") is None:
+        arch_kwargs["modulation"] = hparams.get("modulation")
     model = create_student(
         hparams["arch"],
         hparams["encoder"],
         hparams["in_channels"],
         hparams["num_classes"],
         None,
-        **(hparams.get("arch_kwargs") or {}),
+        **arch_kwargs,
     )
     state = {
         key.removeprefix("model."): value
