@@ -375,6 +375,26 @@ def test_onnx_export_carries_the_card_and_matches_pytorch(exported):
         np.testing.assert_allclose(onnx_logits, torch_logits, atol=1e-4, rtol=0)
 
 
+def test_onnx_export_keeps_batch_and_size_dynamic_for_channels_last_encoders(tmp_path):
+    # timm ConvNeXt's channels-last layer norms let the exporter fix the batch to the traced one
+    task = SegmentationTask(
+        in_channels=3,
+        num_classes=2,
+        encoder="tu-convnext_atto",
+        arch_kwargs={"encoder_depth": 4, "decoder_channels": [16, 8, 8, 4]},
+    )
+    path = tmp_path / "convnext.ckpt"
+    state = {f"model.{k}": v for k, v in task.model.state_dict().items()}
+    torch.save({"state_dict": state, "hyper_parameters": dict(task.hparams)}, path)
+    with torch_threads(1):
+        onnx_path = export_student(path, tmp_path / "convnext.onnx")
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).uniform(0, 1, (3, 3, 64, 96)).astype(np.float32)
+    with torch.inference_mode():
+        expected = task.model.eval()(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(session.run(None, {"image": x})[0], expected, atol=1e-4, rtol=0)
+
+
 def test_infer_with_onnx_equals_infer_with_the_checkpoint(exported, tmp_path):
     checkpoint, onnx_path = exported
     scene, _ = write_scene(tmp_path / "scene.tif", 70, 90)
