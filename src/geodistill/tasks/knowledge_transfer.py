@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import asdict, replace
+from functools import partial
 from typing import Any, Literal
 
 import torch
@@ -268,14 +269,22 @@ class KnowledgeTransferTask(SegmentationTask):
                 raise GeodistillError("model.teacher_cache needs a GeoSegDataModule")
             from geodistill.data.teacher_cache import attach_teacher_cache
 
-            attach_teacher_cache(
+            strategy = self.trainer.strategy
+            attach = partial(
+                attach_teacher_cache,
                 datamodule,
                 self.teacher,
                 self.hparams.teacher_cache,
                 on_mismatch=self.hparams.cache_on_mismatch,
                 dtype=self.hparams.cache_dtype,
-                device=self.trainer.strategy.root_device,
+                device=strategy.root_device,
             )
+            # One process builds the cache; the others open it once it is complete.
+            if strategy.is_global_zero:
+                attach()
+            strategy.barrier("teacher_cache")
+            if not strategy.is_global_zero:
+                attach()
 
     def on_fit_start(self) -> None:
         if self._teacher is not None:
