@@ -10,6 +10,9 @@ from __future__ import annotations
 import copy
 import csv
 import hashlib
+import os
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
@@ -778,3 +781,29 @@ def test_teacher_spec_round_trips_through_hyper_parameters(teacher_ckpt):
     conflicting = dict(task.hparams) | {"modulation": {"kind": "mlp", "depth": 1}}
     with pytest.raises(GeodistillError, match="arch_kwargs.modulation differs"):
         make_task(teacher_ckpt, **conflicting)
+
+
+def test_two_ddp_processes_share_one_teacher_cache(data, teacher_ckpt, tmp_path):
+    # rank 0 builds the cache, rank 1 opens it after a barrier: no race on the folder
+    out = tmp_path / "ddp_run"
+    cache = tmp_path / "cache"
+    config = ktda_config(data, teacher_ckpt, out, teacher_cache=str(cache))
+    config["trainer"].update(
+        max_epochs=1, accelerator="cpu", devices=2, strategy="ddp", enable_progress_bar=False
+    )
+    path = write_config(tmp_path / "ddp.yaml", config)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PL_", "LOCAL_RANK"))}
+    env.update(OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    script = Path(sys.executable).with_name("geodistill")
+    result = subprocess.run(
+        [str(script), "fit", "--config", str(path)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (cache / "meta.json").is_file()
+    assert not [p for p in tmp_path.iterdir() if "building" in p.name]  # no leftover build
+    assert (out / "checkpoints" / "last.ckpt").is_file()

@@ -26,7 +26,10 @@ class Domain:
 
     Give ``train`` and optionally ``val``/``test`` sources; a missing ``val``/``test`` is drawn
     from ``train`` with ``val_fraction``/``test_fraction``. ``train_limit`` keeps only that many
-    training chips (the few-label setting), also drawn with the seed.
+    training chips (the few-label setting), ``train_ratio`` that fraction of them (at least one:
+    the 1 %, 5 %, 10 % protocols of semi-supervised segmentation); both are drawn with the seed,
+    from one shuffle, so a smaller ratio keeps a subset of a larger one's chips. The chips left
+    out can feed the unlabelled stream (``unlabeled_from: rest``).
     """
 
     train: Source
@@ -35,6 +38,7 @@ class Domain:
     val_fraction: float = 0.0
     test_fraction: float = 0.0
     train_limit: int | None = None
+    train_ratio: float | None = None
 
 
 class GeoSegDataModule(L.LightningDataModule):
@@ -43,8 +47,11 @@ class GeoSegDataModule(L.LightningDataModule):
     ``train_on`` picks the labelled domain(s) supervised training uses; validation and test use the
     ``fine`` domain when it exists, else ``coarse``. ``unlabeled_from`` adds a stream of images
     without labels beside each labelled batch (for distillation and semi-supervised tasks): the
-    ``unlabeled`` source, or the coarse domain's training images with their labels dropped. The
-    training loader then yields ``{"labeled": batch, "unlabeled": batch}``, one unlabelled batch
+    ``unlabeled`` source, the coarse domain's training images with their labels dropped
+    (``coarse``), or the training chips of the labelled domain(s) that ``train_limit`` or
+    ``train_ratio`` left out, without their labels (``rest``). Unlabelled images must have the
+    labelled images' bands (count, and names where both record them). The training loader then
+    yields ``{"labeled": batch, "unlabeled": batch}``, one unlabelled batch
     (of ``unlabeled_batch_size``) per labelled batch, so an epoch has as many steps as without.
     Band statistics come from the labelled training images (or ``stats``, a JSON file from
     ``geodistill stats``) and are handed to the model, which stores them. The resolved splits are
@@ -59,7 +66,7 @@ class GeoSegDataModule(L.LightningDataModule):
         unlabeled: Source | None = None,
         predict: Source | None = None,
         train_on: Literal["fine", "coarse", "coarse+fine"] = "fine",
-        unlabeled_from: Literal["unlabeled", "coarse"] | None = None,
+        unlabeled_from: Literal["unlabeled", "coarse", "rest"] | None = None,
         unlabeled_batch_size: int | None = None,
         bands: list[int | str] | None = None,
         ignore_index: int = 255,
@@ -101,9 +108,13 @@ class GeoSegDataModule(L.LightningDataModule):
         self.manifest_path = manifest
         self.seed = seed
         self.sources: dict[tuple[str, str], Source] = {}
+        self.rest: dict[str, list[str]] = {}
+        """Per domain, the training chips that ``train_limit``/``train_ratio`` left out."""
         self.splits = self._resolve_splits()
         first = self._first_image()
         self.band_names = band_names(first, bands)
+        info = raster_info(first)
+        self._band_descriptions = [info.descriptions[i] for i in resolve_bands(info, bands)]
         self.num_bands = len(resolve_bands(raster_info(first), bands))
         self.band_stats: BandStats | None = None
         self.datasets: dict[str, ChipDataset] = {}
@@ -140,13 +151,9 @@ class GeoSegDataModule(L.LightningDataModule):
                 0.0 if domain.test else domain.test_fraction,
             ]
             val, test, train = split_items(list(by_image), [*fractions, 1.0], self.seed)
-            if domain.train_limit is not None:
-                if not 0 < domain.train_limit <= len(train):
-                    raise GeodistillError(
-                        f"data.{name}.train_limit={domain.train_limit} but the training split "
-                        f"has {len(train)} chips"
-                    )
-                train = split_items(train, [domain.train_limit / len(train), 1], self.seed)[0]
+            keep = self._kept_count(name, domain, len(train))
+            if keep is not None:
+                train, self.rest[name] = split_items(train, [keep / len(train), 1], self.seed)
             for split in ("train", "val", "test"):
                 self.sources[name, split] = getattr(domain, split) or domain.train
             parts = {"train": [(p, by_image[p]) for p in train]}
@@ -164,6 +171,26 @@ class GeoSegDataModule(L.LightningDataModule):
                 raise GeodistillError(f"data.{name}: the training split is empty")
             splits[name] = parts
         return splits
+
+    @staticmethod
+    def _kept_count(name: str, domain: Domain, available: int) -> int | None:
+        """How many training chips ``train_limit``/``train_ratio`` keep (``None``: all)."""
+        if domain.train_limit is not None and domain.train_ratio is not None:
+            raise GeodistillError(f"data.{name}: set train_limit or train_ratio, not both")
+        if domain.train_limit is not None:
+            if not 0 < domain.train_limit <= available:
+                raise GeodistillError(
+                    f"data.{name}.train_limit={domain.train_limit} but the training split "
+                    f"has {available} chips"
+                )
+            return domain.train_limit
+        if domain.train_ratio is not None:
+            if not 0 < domain.train_ratio <= 1:
+                raise GeodistillError(
+                    f"data.{name}.train_ratio must be in (0, 1], got {domain.train_ratio}"
+                )
+            return min(available, max(1, round(domain.train_ratio * available)))
+        return None
 
     def _dataset(self, domain: str, split: Split, train: bool) -> ChipDataset:
         pairs = self.splits[domain][split]
@@ -219,17 +246,34 @@ class GeoSegDataModule(L.LightningDataModule):
                 images, None, self.num_classes, self.bands, self.ignore_index
             )
 
-    def _unlabeled_dataset(self) -> ChipDataset:
+    def unlabeled_images(self) -> list[str]:
+        """The images of the unlabelled stream that ``unlabeled_from`` names."""
         if self.unlabeled_from == "coarse":
             if "coarse" not in self.splits:
                 raise GeodistillError("data.unlabeled_from='coarse' but data.coarse is not set")
             images = [img for img, _ in self.splits["coarse"]["train"]]
+        elif self.unlabeled_from == "rest":
+            images = [img for name in self.train_domains() for img in self.rest.get(name, [])]
+            if not images:
+                where = " or ".join(f"data.{name}" for name in self.train_domains())
+                raise GeodistillError(
+                    "data.unlabeled_from='rest' but no training chips are left over: set "
+                    f"train_ratio (or train_limit) of {where} to keep only part of the labelled "
+                    "chips"
+                )
         elif self.unlabeled is None:
             raise GeodistillError("data.unlabeled_from='unlabeled' but data.unlabeled is not set")
         else:
             images = list_images(self.unlabeled.images)
             if not images:
-                raise GeodistillError(f"data.unlabeled: no image files in {self.unlabeled.images}")
+                raise GeodistillError(
+                    "data.unlabeled: the unlabelled source holds no image files",
+                    ", ".join(_as_list(self.unlabeled.images)),
+                )
+        return images
+
+    def _unlabeled_dataset(self) -> ChipDataset:
+        images = self.unlabeled_images()
         dataset = ChipDataset(
             images=images,
             labels=None,
@@ -246,7 +290,25 @@ class GeoSegDataModule(L.LightningDataModule):
                 f"unlabelled images have {dataset.num_bands} bands, the labelled {self.num_bands}",
                 images[0],
             )
+        self._check_band_names(dataset)
         return dataset
+
+    def _check_band_names(self, dataset: ChipDataset) -> None:
+        """Refuse unlabelled images whose bands are named otherwise than the labelled ones (same
+        count, other bands or another order); bands a file leaves unnamed are not compared."""
+        for info in dataset.infos:
+            names = [info.descriptions[i] for i in resolve_bands(info, self.bands)]
+            pairs = zip(names, self._band_descriptions, strict=True)
+            for position, (name, expected) in enumerate(pairs):
+                if name and expected and name.lower() != expected.lower():
+                    listed = ", ".join(n or "?" for n in names)
+                    raise GeodistillError(
+                        f"unlabelled image band {position + 1} is {name!r} where the labelled "
+                        f"images have {expected!r} (unlabelled: {listed}; labelled: "
+                        f"{', '.join(self.band_names)}): the bands must be the same, in the same "
+                        "order (select them with data.bands)",
+                        info.path,
+                    )
 
     def _band_stats(self) -> BandStats:
         if self.stats_path:
@@ -273,7 +335,25 @@ class GeoSegDataModule(L.LightningDataModule):
                 for name, parts in self.splits.items()
             },
         }
-        if self.unlabeled is not None:
+        ratios = {
+            name: domain.train_ratio
+            for name, domain in self.domains.items()
+            if domain.train_ratio is not None
+        }
+        if ratios:
+            manifest["train_ratio"] = {
+                name: {
+                    "ratio": ratio,
+                    "kept": len(self.splits[name]["train"]),
+                    "of": len(self.splits[name]["train"]) + len(self.rest.get(name, [])),
+                    "chips": [img for img, _ in self.splits[name]["train"]],
+                }
+                for name, ratio in ratios.items()
+            }
+        if self.unlabeled_from is not None:
+            manifest["unlabeled_from"] = self.unlabeled_from
+            manifest["unlabeled"] = self.unlabeled_images()
+        elif self.unlabeled is not None:
             manifest["unlabeled"] = list_images(self.unlabeled.images)
         write_manifest(Path(self.manifest_path), manifest)
 
@@ -316,3 +396,7 @@ class GeoSegDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader("predict", self.eval_batch_size, shuffle=False)
+
+
+def _as_list(spec: str | list[str]) -> list[str]:
+    return [spec] if isinstance(spec, str) else list(spec)

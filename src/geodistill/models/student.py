@@ -3,13 +3,15 @@
 Distillation needs more than logits: :meth:`SegmentationModel.forward_features` exposes the
 multi-level encoder features and the decoder output that the distillation losses tap. A student
 may carry a :class:`~geodistill.models.modulation.FeatureModulation` (KTDA's FMM) between its
-encoder and decoder; it is part of the network, saved and exported with it.
+encoder and decoder, and a :class:`~geodistill.models.fusion.FeatureFusion` (RS-MTDF's translated
+features mixed into the deepest decoder input); both are part of the network, saved and exported
+with it.
 """
 
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from geodistill.errors import GeodistillError
+from geodistill.models.fusion import FeatureFusion, FusionConfig
 from geodistill.models.modulation import FeatureModulation, ModulationConfig
 from geodistill.models.normalizer import BandNormalizer
 
@@ -30,11 +33,13 @@ NETWORK_WEIGHTS = ("imagenet", "ssl", "swsl", "instagram", "advprop", "noisy-stu
 
 @dataclass
 class SegmentationOutput:
-    """What a forward pass exposes to losses: encoder pyramid, decoder output and logits."""
+    """What a forward pass exposes to losses: encoder pyramid, decoder output and logits, and the
+    fusion's translations of the deepest encoder level (one per teacher; empty without fusion)."""
 
     features: list[Tensor]
     decoder: Tensor
     logits: Tensor
+    translated: list[Tensor] = field(default_factory=list)
 
 
 def select_levels(output: SegmentationOutput, levels: list[str]) -> list[Tensor]:
@@ -63,7 +68,9 @@ class SegmentationModel(nn.Module):
     """Band normaliser + smp encoder/(feature modulation)/decoder/head, for any number of bands.
 
     With ``modulation``, the encoder's features pass through a
-    :class:`~geodistill.models.modulation.FeatureModulation` before the decoder.
+    :class:`~geodistill.models.modulation.FeatureModulation` before the decoder; with ``fusion``,
+    a :class:`~geodistill.models.fusion.FeatureFusion` mixes translations of the deepest encoder
+    level into the decoder's deepest input.
     """
 
     def __init__(
@@ -71,6 +78,7 @@ class SegmentationModel(nn.Module):
         network: smp.base.SegmentationModel,
         num_bands: int,
         modulation: ModulationConfig | None = None,
+        fusion: FusionConfig | None = None,
     ) -> None:
         super().__init__()
         self.normalizer = BandNormalizer(num_bands)
@@ -78,6 +86,14 @@ class SegmentationModel(nn.Module):
         self.modulation = (
             None if modulation is None else FeatureModulation(self.encoder_channels, modulation)
         )
+        self.fusion: FeatureFusion | None = None
+        if fusion is not None:
+            self.set_fusion(fusion)
+
+    def set_fusion(self, config: FusionConfig) -> FeatureFusion:
+        """Add (or replace) the fusion; tasks call this once the teachers' widths are known."""
+        self.fusion = FeatureFusion(self.encoder_channels[-1], config)
+        return self.fusion
 
     @property
     def encoder_channels(self) -> list[int]:
@@ -105,12 +121,19 @@ class SegmentationModel(nn.Module):
     def forward_features(self, x: Tensor) -> SegmentationOutput:
         """Encoder features *before* modulation (what distillation aligns with a teacher: the
         encoder learns the teacher's representation, the modulation stays free to adapt it for
-        the task), the decoder output computed from the modulated features, and the logits."""
+        the task), the decoder output computed from the modulated (and fused) features, the
+        logits, and the fusion's translations of the deepest encoder features."""
         features = self.network.encoder(self.normalizer(x))
         decoder_input = features if self.modulation is None else self.modulation(features)
+        translated: list[Tensor] = []
+        if self.fusion is not None:
+            decoder_input = list(decoder_input)
+            decoder_input[-1], translated = self.fusion(features[-1], decoder_input[-1])
         decoder = self.network.decoder(decoder_input)
         logits = self.network.segmentation_head(decoder)
-        return SegmentationOutput(features=features, decoder=decoder, logits=logits)
+        return SegmentationOutput(
+            features=features, decoder=decoder, logits=logits, translated=translated
+        )
 
 
 def create_student(
@@ -120,6 +143,7 @@ def create_student(
     num_classes: int = 2,
     weights: str | None = None,
     modulation: ModulationConfig | dict[str, Any] | None = None,
+    fusion: FusionConfig | dict[str, Any] | None = None,
     **arch_kwargs: object,
 ) -> SegmentationModel:
     """Build a student in one line, like ``smp.create_model`` but multispectral and offline.
@@ -128,8 +152,10 @@ def create_student(
     state dict, ``.pt``/``.pth``/``.ckpt``/``.safetensors``), or an smp weight name such as
     ``"imagenet"``, which downloads and so is never a default. ``modulation`` (a
     :class:`~geodistill.models.modulation.ModulationConfig` or its mapping) adds feature
-    modulation blocks between encoder and decoder; it may also arrive inside ``arch_kwargs``,
-    which is how task checkpoints record it.
+    modulation blocks between encoder and decoder, ``fusion`` (a
+    :class:`~geodistill.models.fusion.FusionConfig` or its mapping) the translators and fusion of
+    RS-MTDF; both may also arrive inside ``arch_kwargs``, which is how task checkpoints record
+    them.
     """
     download = weights if weights in NETWORK_WEIGHTS else None
     if arch.lower() == "fpn" and "upsampling" not in arch_kwargs:
@@ -150,7 +176,12 @@ def create_student(
         raise GeodistillError(
             f"cannot build model arch={arch!r} encoder={encoder!r}: {err}"
         ) from err
-    model = SegmentationModel(network, in_channels, ModulationConfig.from_value(modulation))
+    model = SegmentationModel(
+        network,
+        in_channels,
+        ModulationConfig.from_value(modulation),
+        FusionConfig.from_value(fusion),
+    )
     if weights is not None and download is None:
         load_local_weights(model, weights)
     return model

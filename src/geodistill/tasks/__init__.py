@@ -3,5 +3,6 @@
 from geodistill.tasks.coarse_to_fine import CoarseToFineTask
 from geodistill.tasks.knowledge_transfer import KnowledgeTransferTask
 from geodistill.tasks.segmentation import SegmentationTask
+from geodistill.tasks.semi_supervised import SemiSupervisedTask
 
-__all__ = ["CoarseToFineTask", "KnowledgeTransferTask", "SegmentationTask"]
+__all__ = ["CoarseToFineTask", "KnowledgeTransferTask", "SegmentationTask", "SemiSupervisedTask"]

@@ -229,9 +229,7 @@ class KnowledgeTransferTask(SegmentationTask):
 
     def _teacher_class_order(self, teacher: Teacher) -> Tensor:
         """Index of each student class among the teacher's outputs."""
-        probe = torch.zeros(1, len(self.band_names), PROBE_SIZE, PROBE_SIZE)
-        probe = probe.to(teacher.band_indices.device)
-        logits = teacher(probe).logits
+        logits = teacher(teacher.probe(PROBE_SIZE)).logits
         if logits is None:
             raise GeodistillError(
                 "model.prediction_weight > 0 but this teacher has no segmentation logits",

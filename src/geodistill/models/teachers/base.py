@@ -113,6 +113,9 @@ class TeacherNetwork(nn.Module):
     normalizes_input: bool = False
     """True when the network normalises its own input (a geodistill checkpoint's band normaliser):
     the teacher then hands it raw values, NaN included."""
+    input_size: tuple[int, int] | None = None
+    """The one tile size ``(H, W)`` the network takes when it is fixed (an ONNX graph with static
+    spatial axes); ``None``: any size."""
 
     def forward(self, x: Tensor) -> TeacherOutput:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -223,11 +226,16 @@ class Teacher(nn.Module):
     def forward(self, images: Tensor) -> TeacherOutput:
         return self.network(self.prepare(images.float()))
 
+    def probe(self, size: int = 64) -> Tensor:
+        """A zero tile of student bands for one forward pass that reads output shapes:
+        ``size``², or the network's fixed tile size when it takes only one."""
+        height, width = self.network.input_size or (size, size)
+        bands = int(self.band_indices.max()) + 1
+        return torch.zeros(1, bands, height, width, device=self.band_indices.device)
+
     def channels(self, size: int = 64) -> list[int]:
         """Channel count of each feature level, from one small forward pass."""
-        probe = torch.zeros(1, int(self.band_indices.max()) + 1, size, size)
-        probe = probe.to(self.band_indices.device)
-        return [int(f.shape[1]) for f in self(probe).features]
+        return [int(f.shape[1]) for f in self(self.probe(size)).features]
 
     def fingerprint(self) -> str:
         """A hash of everything that determines the teacher's outputs: the spec, the band

@@ -144,6 +144,9 @@ class OnnxTeacherNetwork(TeacherNetwork):
         self.path = path
         self.source = source
         self.input_name, self.input_shape, self.input_type = _input_of(session, path)
+        fixed = self.input_shape[2:]
+        if all(isinstance(d, int) for d in fixed):
+            self.input_size = (int(fixed[0]), int(fixed[1]))
         self.levels = list(feature_names)
         self.logits_name = logits_name
         self.output_names = list(
