@@ -807,3 +807,38 @@ def test_two_ddp_processes_share_one_teacher_cache(data, teacher_ckpt, tmp_path)
     assert (cache / "meta.json").is_file()
     assert not [p for p in tmp_path.iterdir() if "building" in p.name]  # no leftover build
     assert (out / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_a_fixed_size_onnx_teacher_is_probed_at_its_own_tile_size(tmp_path):
+    # the task probes teacher widths and classes; a graph fixed to 32x32 refuses other sizes
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(4, 2, 1)
+    )
+    path = tmp_path / "fixed.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            net,
+            (torch.zeros(1, 3, 32, 32),),
+            str(path),
+            input_names=["input"],
+            output_names=["output"],
+            dynamo=False,
+        )
+    spec = {"kind": "onnx", "path": str(path), "class_names": ["b", "a"]}
+    bands = ["red", "green", "blue"]
+    teacher = build_teacher(spec, bands)
+    task = KnowledgeTransferTask(
+        teacher=spec,
+        in_channels=3,
+        num_classes=2,
+        class_names=["a", "b"],
+        student_levels=["decoder"],
+        modulation=None,
+        prediction_weight=1.0,
+        **TINY_MODEL,
+    )
+    task.band_names = bands
+    task.attach_teacher(teacher)
+    assert teacher.channels() == [2]
+    assert task._class_order.tolist() == [1, 0]
