@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint benchmark-dubai benchmark-c2f benchmark-infer benchmark-real clean
+.PHONY: demo test lint benchmark-dubai benchmark-c2f benchmark-infer benchmark-real benchmark-ktda clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,12 @@ benchmark-infer: $(STAMP)
 
 benchmark-real: $(STAMP)
 	$(BIN)/python benchmarks/real_scenes.py
+
+benchmark-ktda: $(STAMP)
+	$(BIN)/python benchmarks/teacher_cache.py --threads 1 --fmm
+	$(BIN)/python benchmarks/ktda_dubai.py
+	$(BIN)/python -m pip install --quiet ".[examples]"
+	$(BIN)/python benchmarks/onnx_teacher.py --threads 1
 
 clean:
 	rm -rf $(VENV) outputs
