@@ -13,7 +13,16 @@ GeoTIFFs, exact class-id labels, "Unlabeled" ignored). Protocol (docs/ktda.md, d
   augmentation and number of training windows per epoch (see ``crops_per_image`` below);
 * **test**: districts 7-8 (18 chips), exact labels, never seen by any model.
 
+Methods: ``student`` and ``ktda`` by default; ``ktda_no_fmm``, ``ktda_online`` (teacher on
+every batch of random crops instead of the cache's fixed windows) and ``ktda_no_teacher`` on
+request (:data:`METHODS`).
+
     python benchmarks/ktda_dubai.py                       # quick: 2-core CPU, 3 seeds
+    python benchmarks/ktda_dubai.py \
+        --teacher outputs/benchmarks/ktda_dubai/teacher/checkpoints/best.ckpt \
+        --methods ktda_no_fmm ktda_online ktda_no_teacher \
+        --output outputs/benchmarks/ktda_dubai_ablations \
+        --prepared-in outputs/benchmarks/ktda_dubai      # the ablations, same teacher and data
     python benchmarks/ktda_dubai.py --teacher TEACHER.ckpt --methods ktda \
         --ktda-args '{"alpha": 1.0}' --output OTHER_FOLDER    # a variant on the same teacher
     python benchmarks/ktda_dubai.py --setting large       # GPU: full resolution, ResNet-50 teacher
@@ -198,8 +207,11 @@ def windows_per_chip(datamodule: GeoSegDataModule) -> int:
     return math.ceil(total / len(chips))
 
 
-def train_teacher(data: Path, output: Path, setting: dict[str, Any], args: argparse.Namespace):
-    """Train the teacher once (seed 0), or test the given checkpoint; return (path, metrics)."""
+def train_teacher(
+    data: Path, output: Path, setting: dict[str, Any], args: argparse.Namespace
+) -> tuple[Path, dict[str, float], float]:
+    """Train the teacher once (seed 0), or test ``args.teacher``: (checkpoint, test metrics,
+    training seconds)."""
     datamodule = teacher_datamodule(data, setting)
     if args.teacher is not None:
         task = SegmentationTask.load_from_checkpoint(args.teacher, map_location="cpu")
