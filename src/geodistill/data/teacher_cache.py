@@ -590,25 +590,40 @@ class CachedTeacherDataset(Dataset):
         chip, window = self.windows[k]
         part, i = self.chips[chip]
         image, mask = part.read_window(i, window)
+        image_t, mask_t, *moved = apply_transform(
+            part.transform, torch.from_numpy(image), torch.from_numpy(mask), *self.target_maps(k)
+        )
+        return {"image": image_t, "mask": mask_t, "index": i, "teacher": self.teacher_entry(moved)}
+
+    def target_maps(self, k: int) -> list[Tensor]:
+        """Window ``k``'s cached maps, moved with image and mask by the augmentation."""
         targets = self.cache.targets(k)
         maps = [_tensor(f) for f in targets["features"]]
         if targets["logits"] is not None:
             maps.append(_tensor(targets["logits"]))
-        image_t, mask_t, *moved = apply_transform(
-            part.transform, torch.from_numpy(image), torch.from_numpy(mask), *maps
-        )
-        count = len(targets["features"])
-        logits = moved[count] if targets["logits"] is not None else None
-        return {
-            "image": image_t,
-            "mask": mask_t,
-            "index": i,
-            "teacher": {"features": moved[:count], "logits": logits},
-        }
+        return maps
+
+    def teacher_entry(self, moved: list[Tensor]) -> dict[str, Any]:
+        """The batch's ``"teacher"`` entry from the moved maps of :meth:`target_maps`."""
+        count = len(self.cache.levels)
+        logits = moved[count] if self.cache.has_logits else None
+        return {"features": moved[:count], "logits": logits}
 
 
 def _tensor(array: np.ndarray) -> Tensor:
     return torch.from_numpy(np.array(array, dtype=np.float32))  # a float32 copy off the map
+
+
+def warn_if_unaligned(size: int) -> None:
+    """Warn when cached windows of ``size`` will be padded by the collate (to multiples of 32)."""
+    if size % 32:
+        warnings.warn(
+            f"data.patch_size={size} is not a multiple of 32: training batches are padded beyond "
+            "the windows the teacher saw, so student and teacher maps do not line up at the "
+            "padded edges",
+            GeodistillWarning,
+            stacklevel=3,
+        )
 
 
 def attach_teacher_cache(
@@ -633,14 +648,7 @@ def attach_teacher_cache(
     if isinstance(train, CachedTeacherDataset):
         train = train.dataset
     size = datamodule.patch_size
-    if size % 32:
-        warnings.warn(
-            f"data.patch_size={size} is not a multiple of 32: training batches are padded beyond "
-            "the windows the teacher saw, so student and teacher maps do not line up at the "
-            "padded edges",
-            GeodistillWarning,
-            stacklevel=2,
-        )
+    warn_if_unaligned(size)
     cache = ensure_teacher_cache(
         folder,
         teacher,

@@ -38,6 +38,7 @@ from geodistill.losses.distillation import prediction_distillation
 from geodistill.models.modulation import ModulationConfig, level_index
 from geodistill.models.student import SegmentationOutput, select_levels
 from geodistill.models.teachers import Teacher, TeacherOutput, TeacherSpec, build_teacher
+from geodistill.tasks.distributed import rank_zero_first
 from geodistill.tasks.schedules import Schedule
 from geodistill.tasks.segmentation import SegmentationTask
 
@@ -277,12 +278,7 @@ class KnowledgeTransferTask(SegmentationTask):
                 dtype=self.hparams.cache_dtype,
                 device=strategy.root_device,
             )
-            # One process builds the cache; the others open it once it is complete.
-            if strategy.is_global_zero:
-                attach()
-            strategy.barrier("teacher_cache")
-            if not strategy.is_global_zero:
-                attach()
+            rank_zero_first(strategy, attach, "teacher_cache")
 
     def on_fit_start(self) -> None:
         if self._teacher is not None:

@@ -56,8 +56,13 @@ from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import Dataset
 
 from geodistill.data.perturbations import StrongView, cutmix, strong_view
-from geodistill.data.transforms import apply_transform
-from geodistill.errors import GeodistillError, GeodistillWarning
+from geodistill.data.teacher_cache import (
+    CachedTeacherDataset,
+    TeacherCache,
+    ensure_teacher_cache,
+    warn_if_unaligned,
+)
+from geodistill.errors import GeodistillError
 from geodistill.losses.distillation import _resize_map
 from geodistill.models.fusion import (
     RS_MTDF_STUDENT_WEIGHT,
@@ -69,6 +74,7 @@ from geodistill.models.fusion import (
 )
 from geodistill.models.student import SegmentationOutput
 from geodistill.models.teachers import Teacher, TeacherSpec, build_teacher
+from geodistill.tasks.distributed import rank_zero_first
 from geodistill.tasks.schedules import Schedule
 from geodistill.tasks.segmentation import SegmentationTask
 
@@ -335,12 +341,7 @@ class SemiSupervisedTask(SegmentationTask):
                 dtype=self.hparams.cache_dtype,
                 device=strategy.root_device,
             )
-            # One process builds the caches; the others open them once they are complete.
-            if strategy.is_global_zero:
-                attach()
-            strategy.barrier("teacher_cache")
-            if not strategy.is_global_zero:
-                attach()
+            rank_zero_first(strategy, attach, "teacher_cache")
 
     def on_fit_start(self) -> None:
         for teacher in self._teachers:
@@ -618,44 +619,27 @@ def _common_size(
 # ------------------------------------------------------------------------------- teacher caches
 
 
-class CachedTeachersDataset(Dataset):
+class CachedTeachersDataset(CachedTeacherDataset):
     """A chip dataset as the fixed window grid of its teacher caches (one per teacher, built over
     the same dataset and window size); each sample carries every teacher's last feature level
     under ``"teacher": {"features": [(C_k, h_k, w_k) per teacher], "logits": None}``, moved by the
     same geometric augmentation as image and mask."""
 
-    def __init__(self, dataset: Dataset, caches: list[Any]) -> None:
-        from geodistill.data.teacher_cache import CachedTeacherDataset
-
-        self.dataset = dataset
-        self.caches = caches
-        first = CachedTeacherDataset(dataset, caches[0])  # checks the data fingerprint
+    def __init__(self, dataset: Dataset, caches: list[TeacherCache]) -> None:
+        super().__init__(dataset, caches[0])  # type: ignore[arg-type] # checks the data fingerprint
         for cache in caches[1:]:
             if cache.fingerprint.data != caches[0].fingerprint.data:
                 raise GeodistillError("the teacher caches were built over other windows")
-        self.chips = first.chips
-        self.windows = first.windows
+        self.caches = caches
 
-    def __len__(self) -> int:
-        return len(self.windows)
-
-    def __getitem__(self, k: int) -> dict[str, Any]:
-        chip, window = self.windows[k]
-        part, i = self.chips[chip]
-        image, mask = part.read_window(i, window)
-        maps = [
+    def target_maps(self, k: int) -> list[Tensor]:
+        return [
             torch.from_numpy(np.array(cache.targets(k)["features"][-1], dtype=np.float32))
             for cache in self.caches
         ]
-        image_t, mask_t, *moved = apply_transform(
-            part.transform, torch.from_numpy(image), torch.from_numpy(mask), *maps
-        )
-        return {
-            "image": image_t,
-            "mask": mask_t,
-            "index": i,
-            "teacher": {"features": list(moved), "logits": None},
-        }
+
+    def teacher_entry(self, moved: list[Tensor]) -> dict[str, Any]:
+        return {"features": list(moved), "logits": None}
 
 
 def attach_teacher_caches(
@@ -671,16 +655,8 @@ def attach_teacher_caches(
     outputs: ``<folder>/teacher_<k>/<labeled|unlabeled>`` per teacher, built or reused by
     :func:`~geodistill.data.teacher_cache.ensure_teacher_cache` over windows of
     ``datamodule.patch_size``."""
-    from geodistill.data.teacher_cache import ensure_teacher_cache
-
     size = datamodule.patch_size
-    if size % 32:
-        warnings.warn(
-            f"data.patch_size={size} is not a multiple of 32: batches are padded beyond the "
-            "windows the teachers saw",
-            GeodistillWarning,
-            stacklevel=2,
-        )
+    warn_if_unaligned(size)
     for stream, name in (("train", "labeled"), ("unlabeled", "unlabeled")):
         dataset = datamodule.datasets.get(stream)
         if dataset is None:
