@@ -32,7 +32,6 @@ from geodistill.data.teacher_cache import (
     attach_teacher_cache,
     cache_windows,
     ensure_teacher_cache,
-    teacher_fingerprint,
 )
 from geodistill.data.transforms import RandomRot90, train_transforms
 from geodistill.errors import GeodistillError, GeodistillWarning
@@ -438,7 +437,7 @@ def test_changed_teacher_weights_rebuild_or_refuse(tmp_path, chips, backed):
         rebuilt = ensure_teacher_cache(
             folder, changed, chip_dataset(images), WINDOW, dtype="float32"
         )
-    assert rebuilt.fingerprint.teacher == teacher_fingerprint(changed)
+    assert rebuilt.fingerprint.teacher == changed.fingerprint()
     sample = CachedTeacherDataset(chip_dataset(images), rebuilt)[0]
     assert_maps_close(sample_maps(sample), teacher_maps(changed, sample["image"]), "float32")
 
@@ -530,7 +529,7 @@ def test_damaged_metadata_is_an_error_or_a_rebuild(tmp_path, chips):
     assert error.value.path == str(folder / "meta.json")
     with pytest.warns(GeodistillWarning, match="damaged teacher cache"):
         ensure_teacher_cache(folder, teacher, chip_dataset(images), WINDOW)
-    assert TeacherCache.open(folder).fingerprint.teacher == teacher_fingerprint(teacher)
+    assert TeacherCache.open(folder).fingerprint.teacher == teacher.fingerprint()
 
     np.save(folder / "features_1.npy", np.zeros((2, 2), np.float16))  # a truncated array
     with pytest.raises(GeodistillError, match="the cache is damaged") as error:

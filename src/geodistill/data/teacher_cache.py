@@ -117,20 +117,6 @@ def data_description(dataset: ChipDataset | ConcatDataset, size: int) -> dict[st
     return {"fingerprint": _digest(described), **described}
 
 
-def teacher_fingerprint(teacher: Teacher) -> str:
-    """:meth:`Teacher.fingerprint`, plus a hash of the weights when no weights file backs the
-    teacher (one built in code), whose fingerprint would otherwise miss changed weights."""
-    fingerprint = teacher.fingerprint()
-    if teacher.path is not None and teacher.path.is_file():
-        return fingerprint
-    digest = hashlib.sha256(fingerprint.encode())
-    for name, tensor in sorted(teacher.state_dict().items()):
-        flat = tensor.detach().cpu().contiguous().reshape(-1)
-        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-        digest.update(flat.view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
 def _digest(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -284,7 +270,7 @@ class TeacherCache:
                 "format": FORMAT,
                 "version": VERSION,
                 "teacher": {
-                    "fingerprint": teacher_fingerprint(teacher),
+                    "fingerprint": teacher.fingerprint(),
                     "kind": teacher.spec.kind,
                     "path": teacher.spec.path,
                     "levels": teacher.levels,
@@ -542,7 +528,7 @@ def ensure_teacher_cache(
                 raise
             problem = f"damaged teacher cache ({error})"
         else:
-            problem = _mismatch(cache, teacher_fingerprint(teacher), data, dtype)
+            problem = _mismatch(cache, teacher.fingerprint(), data, dtype)
             if problem is None:
                 return cache
             if on_mismatch == "refuse":

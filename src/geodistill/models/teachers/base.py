@@ -239,18 +239,25 @@ class Teacher(nn.Module):
 
     def fingerprint(self) -> str:
         """A hash of everything that determines the teacher's outputs: the spec, the band
-        mapping and the weights file's bytes. Caches of teacher outputs are keyed by it."""
-        if self._fingerprint is None:
-            digest = hashlib.sha256()
-            described = asdict(self.spec) | {"band_indices": self.band_indices.tolist()}
-            described.pop("path")
-            digest.update(json.dumps(described, sort_keys=True, default=str).encode())
-            if self.path is not None and self.path.is_file():
-                with self.path.open("rb") as handle:
-                    for block in iter(lambda: handle.read(1 << 24), b""):
-                        digest.update(block)
-            self._fingerprint = digest.hexdigest()[:16]
-        return self._fingerprint
+        mapping and the weights — the weights file's bytes, or, for a teacher built in code with
+        no file, its current weights. Caches of teacher outputs are keyed by it."""
+        if self._fingerprint is not None:
+            return self._fingerprint
+        digest = hashlib.sha256()
+        described = asdict(self.spec) | {"band_indices": self.band_indices.tolist()}
+        described.pop("path")
+        digest.update(json.dumps(described, sort_keys=True, default=str).encode())
+        if self.path is not None and self.path.is_file():
+            with self.path.open("rb") as handle:
+                for block in iter(lambda: handle.read(1 << 24), b""):
+                    digest.update(block)
+            self._fingerprint = digest.hexdigest()[:16]  # a file's bytes: computed once
+            return self._fingerprint
+        for name, tensor in sorted(self.state_dict().items()):
+            flat = tensor.detach().cpu().contiguous().reshape(-1)
+            digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+            digest.update(flat.view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()[:16]  # weights in memory may change: never memoised
 
 
 TeacherBuilder = Callable[[TeacherSpec, list[str]], Teacher]
