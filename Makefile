@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint benchmark-dubai benchmark-c2f benchmark-infer benchmark-real benchmark-ktda clean
+.PHONY: demo test lint benchmark-dubai benchmark-c2f benchmark-infer benchmark-real benchmark-ktda benchmark-semi clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,14 @@ benchmark-ktda: $(STAMP)
 	$(BIN)/python benchmarks/ktda_dubai.py
 	$(BIN)/python -m pip install --quiet ".[examples]"
 	$(BIN)/python benchmarks/onnx_teacher.py --threads 1
+
+# The demo's teachers are the given ones of the demo data set: `make demo` writes them.
+benchmark-semi: $(STAMP)
+	test -f outputs/demo/runs/fine_only/checkpoints/best.ckpt || $(BIN)/geodistill demo
+	$(BIN)/python benchmarks/semi_supervised.py --dataset dubai --threads 1 \
+		--output outputs/benchmarks/semi_supervised_dubai
+	$(BIN)/python benchmarks/semi_supervised.py --dataset demo --teacher-source given --threads 1 \
+		--output outputs/benchmarks/semi_supervised_demo
 
 clean:
 	rm -rf $(VENV) outputs

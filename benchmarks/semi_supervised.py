@@ -56,8 +56,11 @@ seed over fixed ``patch_size`` windows); ``fixmatch_mt`` then trains on that win
 flips, 90° rotations and photometric jitter) instead of random crops. ``--no-teacher-cache``
 runs the teachers on every batch of random crops, the exact control.
 
-    python benchmarks/semi_supervised.py                          # quick: both data, 3 seeds,
-                                        # ~2.5 h on an idle 2-core CPU (Dubai ~1.75 h, demo ~0.75)
+    python benchmarks/semi_supervised.py --dataset dubai          # quick: 3 ratios x 3 seeds,
+        --output outputs/benchmarks/semi_supervised_dubai       # ~110 min of one CPU core
+    python benchmarks/semi_supervised.py --dataset demo --teacher-source given \
+        --output outputs/benchmarks/semi_supervised_demo        # ~60 min of one core; needs
+                                                                # `geodistill demo` first
     python benchmarks/semi_supervised.py --quick        # smoke: 1 seed, smallest ratio, 4 steps,
                                                         # 2 val/test chips: the harness only
     python benchmarks/semi_supervised.py --dataset dubai --teacher-source given \\
@@ -233,9 +236,9 @@ PROTOCOLS: dict[str, Protocol] = {
                 "crops_per_image": 16,
                 "batch_size": 8,
                 "unlabeled_batch_size": 8,
-                "max_steps": 300,
+                "max_steps": 150,
                 "val_every": 50,
-                "teacher_steps": 300,
+                "teacher_steps": 150,
                 "student": {"arch": "unet", "encoder": "resnet18", "arch_kwargs": LIGHT_UNET},
                 "teachers": {
                     "unet_r34": _KTDA_TEACHER,
@@ -282,9 +285,9 @@ PROTOCOLS: dict[str, Protocol] = {
                 "crops_per_image": 8,
                 "batch_size": 8,
                 "unlabeled_batch_size": 8,
-                "max_steps": 200,
+                "max_steps": 150,
                 "val_every": 50,
-                "teacher_steps": 200,
+                "teacher_steps": 150,
                 "student": {"arch": DEMO_MODEL["arch"], "encoder": DEMO_MODEL["encoder"]},
                 "teachers": {
                     "unet_r34": {"arch": "unet", "encoder": "resnet34"},
@@ -322,6 +325,9 @@ PROTOCOLS: dict[str, Protocol] = {
         extra={"data": DEMO_DATA},
     ),
 }
+
+SUBSET_ONLY = ("teachers", "teacher_steps")
+"""Settings of the teachers trained per ratio and seed, unused with ``--teacher-source given``."""
 
 SMOKE = {"max_steps": 4, "val_every": 2, "teacher_steps": 4, "limit_batches": 2}
 """``--quick``: a few steps, two validation and test batches: proves the harness, measures
@@ -397,7 +403,7 @@ def train(
         folder,
         max_epochs=-1,
         max_steps=steps,
-        check_val_every_n_epoch=None,  # type: ignore[arg-type]
+        check_val_every_n_epoch=None,
         val_check_interval=every,
         accelerator="auto",
         devices=1,
@@ -446,7 +452,8 @@ def teacher_checkpoints(run: Run) -> tuple[list[str], dict[str, Any]]:
         paths = args.given[run.name] or [str(p) for p in run.protocol.given_teachers]
         missing = [p for p in paths if not Path(p).is_file()]
         if missing:
-            raise GeodistillError("no such teacher checkpoint (see --teacher)", missing[0])
+            hint = " (run `geodistill demo` first)" if missing[0] in map(str, DEMO_TEACHERS) else ""
+            raise GeodistillError(f"no such teacher checkpoint{hint}; see --teacher", missing[0])
         return paths, {}
     paths, records = [], {}
     for name, model in run.setting["teachers"].items():
@@ -795,9 +802,10 @@ def main() -> None:
         if args.epochs:
             setting["max_steps"] = epoch_budget(protocol, data, setting, args.epochs)
         subset = args.teacher_source == "subset"
+        recorded = {k: v for k, v in setting.items() if subset or k not in SUBSET_ONLY}
         entry: dict[str, Any] = {
             "description": protocol.description,
-            "setting": {"name": args.setting, **setting, "optimiser": protocol.optimiser},
+            "setting": {"name": args.setting, **recorded, "optimiser": protocol.optimiser},
             "ratios": ratios,
             "teacher_source": args.teacher_source,
             **teacher_provenance(name, protocol, setting, args),

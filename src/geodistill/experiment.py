@@ -32,10 +32,13 @@ def fit_and_test(
     run_dir: str | Path,
     max_epochs: int,
     patience: int | None = None,
-    check_val_every_n_epoch: int = 1,
+    check_val_every_n_epoch: int | None = 1,
     **trainer_kwargs: Any,
 ) -> ExperimentResult:
-    """Train ``task``, keep the best checkpoint by val mIoU, and test it."""
+    """Train ``task``, keep the best checkpoint by val mIoU, and test it.
+
+    ``check_val_every_n_epoch=None`` with ``val_check_interval=N`` validates every N steps.
+    """
     run_dir = Path(run_dir)
     checkpoint = ModelCheckpoint(
         dirpath=run_dir / "checkpoints", monitor="val/mIoU", mode="max", filename="best"
