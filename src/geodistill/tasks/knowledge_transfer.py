@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import asdict, replace
-from functools import partial
 from typing import Any, Literal
 
 import torch
@@ -38,7 +37,7 @@ from geodistill.losses.distillation import prediction_distillation
 from geodistill.models.modulation import ModulationConfig, level_index
 from geodistill.models.student import SegmentationOutput, select_levels
 from geodistill.models.teachers import Teacher, TeacherOutput, TeacherSpec, build_teacher
-from geodistill.tasks.distributed import rank_zero_first
+from geodistill.tasks.distributed import attach_cache_rank_zero_first
 from geodistill.tasks.schedules import Schedule
 from geodistill.tasks.segmentation import SegmentationTask
 
@@ -264,21 +263,9 @@ class KnowledgeTransferTask(SegmentationTask):
             return  # the same student trained on the labels alone: no teacher to load
         self.attach_teacher(build_teacher(self.teacher_spec, self.band_names))
         if self.hparams.teacher_cache is not None:
-            if datamodule is None:
-                raise GeodistillError("model.teacher_cache needs a GeoSegDataModule")
             from geodistill.data.teacher_cache import attach_teacher_cache
 
-            strategy = self.trainer.strategy
-            attach = partial(
-                attach_teacher_cache,
-                datamodule,
-                self.teacher,
-                self.hparams.teacher_cache,
-                on_mismatch=self.hparams.cache_on_mismatch,
-                dtype=self.hparams.cache_dtype,
-                device=strategy.root_device,
-            )
-            rank_zero_first(strategy, attach, "teacher_cache")
+            attach_cache_rank_zero_first(self, attach_teacher_cache, self.teacher)
 
     def on_fit_start(self) -> None:
         if self._teacher is not None:

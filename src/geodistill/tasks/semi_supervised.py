@@ -44,7 +44,6 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -74,7 +73,7 @@ from geodistill.models.fusion import (
 )
 from geodistill.models.student import SegmentationOutput
 from geodistill.models.teachers import Teacher, TeacherSpec, build_teacher
-from geodistill.tasks.distributed import rank_zero_first
+from geodistill.tasks.distributed import attach_cache_rank_zero_first
 from geodistill.tasks.schedules import Schedule
 from geodistill.tasks.segmentation import SegmentationTask
 
@@ -329,19 +328,7 @@ class SemiSupervisedTask(SegmentationTask):
             return
         self.attach_teachers([build_teacher(spec, self.band_names) for spec in self.teacher_specs])
         if self.hparams.teacher_cache is not None:
-            if datamodule is None:
-                raise GeodistillError("model.teacher_cache needs a GeoSegDataModule")
-            strategy = self.trainer.strategy
-            attach = partial(
-                attach_teacher_caches,
-                datamodule,
-                self.teachers,
-                self.hparams.teacher_cache,
-                on_mismatch=self.hparams.cache_on_mismatch,
-                dtype=self.hparams.cache_dtype,
-                device=strategy.root_device,
-            )
-            rank_zero_first(strategy, attach, "teacher_cache")
+            attach_cache_rank_zero_first(self, attach_teacher_caches, self.teachers)
 
     def on_fit_start(self) -> None:
         for teacher in self._teachers:
