@@ -36,6 +36,9 @@ def main() -> None:
         default={},
         help="CoarseToFineTask overrides as JSON, e.g. '{\"boundary_width\": 12}'",
     )
+    runs_flags = parser.add_mutually_exclusive_group()
+    runs_flags.add_argument("--overwrite", action="store_true", help="rerun every method")
+    runs_flags.add_argument("--resume", action="store_true", help="skip finished methods")
     args = parser.parse_args()
     start = time.perf_counter()
     runs = []
@@ -44,7 +47,7 @@ def main() -> None:
         epochs = {"teacher": args.teacher_epochs, "student": args.student_epochs}
         config = demo_config(data, args.output / f"seed{seed}", seed, args.methods, epochs)
         config.student.model.update(args.student_args)
-        runs.append(run_coarse_to_fine(config))
+        runs.append(run_coarse_to_fine(config, overwrite=args.overwrite, resume=args.resume))
         print(f"after seed {seed}:\n{write_results_table(runs, list(CLASS_NAMES))}", flush=True)
     report = {
         "command": command(),

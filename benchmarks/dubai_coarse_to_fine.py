@@ -206,13 +206,17 @@ def main() -> None:
         default={},
         help="CoarseToFineTask overrides as JSON, e.g. '{\"temperature\": 4}'",
     )
+    runs_flags = parser.add_mutually_exclusive_group()
+    runs_flags.add_argument("--overwrite", action="store_true", help="rerun every method")
+    runs_flags.add_argument("--resume", action="store_true", help="skip finished methods")
     args = parser.parse_args()
     setting = SETTINGS[args.setting]
     start = time.perf_counter()
     data = prepare(args.data, args.output, setting["scale"], args.seeds)
     runs = []
     for seed in args.seeds:
-        runs.append(run_coarse_to_fine(config_for(data, seed, setting, args)))
+        config = config_for(data, seed, setting, args)
+        runs.append(run_coarse_to_fine(config, overwrite=args.overwrite, resume=args.resume))
         table = write_results_table(runs, CLASSES)
         print(f"after seed {seed}:\n{table}", flush=True)
     report = {

@@ -50,6 +50,7 @@ from geodistill.data.raster import raster_info
 from geodistill.experiment import fit_and_test
 from geodistill.export import export_student
 from geodistill.inference.tiling import tile_origins
+from geodistill.models.teachers.checkpoint import check_checkpoint
 from geodistill.tasks import KnowledgeTransferTask, SegmentationTask
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -214,6 +215,7 @@ def train_teacher(
     training seconds)."""
     datamodule = teacher_datamodule(data, setting)
     if args.teacher is not None:
+        check_checkpoint(args.teacher)  # weights-only read first: refuses a code-carrying pickle
         task = SegmentationTask.load_from_checkpoint(args.teacher, map_location="cpu")
         trainer = L.Trainer(
             default_root_dir=output / "teacher_test",

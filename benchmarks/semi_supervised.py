@@ -97,6 +97,7 @@ from geodistill.demo import DEMO_MODEL
 from geodistill.errors import GeodistillError
 from geodistill.experiment import fit_and_test
 from geodistill.export import export_student
+from geodistill.models.teachers.checkpoint import check_checkpoint
 from geodistill.tasks import SegmentationTask, SemiSupervisedTask
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -490,6 +491,7 @@ def given_teacher_tests(run: Run, paths: list[str]) -> dict[str, Any]:
         # Any task's checkpoint (KTDA, coarse-to-fine...): its exported student is a plain one.
         folder.mkdir(parents=True, exist_ok=True)
         plain = export_student(path, folder / "student.ckpt", overwrite=True)
+        check_checkpoint(plain)  # weights-only read first: refuses a code-carrying pickle
         task = SegmentationTask.load_from_checkpoint(plain, map_location="cpu")
         plain.unlink()
         limits = {"limit_test_batches": SMOKE["limit_batches"]} if run.args.quick else {}

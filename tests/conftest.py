@@ -32,3 +32,29 @@ def _write_raster(
 def write_raster() -> Callable[..., Path]:
     """``write_raster(path, data, nodata=None, descriptions=None, crs=..., transform=...)``."""
     return _write_raster
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory) -> dict[str, Path]:
+    """One real ``geodistill fit`` of a tiny student: its data, config, and checkpoints.
+
+    Shared by the bad-input catalogue (payload checkpoints are built from ``last``); read-only.
+    """
+    import torch
+    from fixtures_small import cli_main, config_dict, make_dataset, write_config
+
+    root = tmp_path_factory.mktemp("trained_run")
+    data = make_dataset(root / "data", n=4)
+    config = write_config(root / "fit.yaml", config_dict(data, root / "out", max_epochs=1))
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert cli_main(["fit", "--config", str(config)]) == 0
+    finally:
+        torch.set_num_threads(before)
+    return {
+        "data": data,
+        "config": config,
+        "out": root / "out",
+        "last": root / "out" / "checkpoints" / "last.ckpt",
+    }

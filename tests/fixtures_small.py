@@ -184,3 +184,13 @@ def cli(capsys: Any, *args: str) -> tuple[int, str, str]:
         code = exit_.code if isinstance(exit_.code, int) else 1
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def cli_main(args: list[str]) -> int:
+    """Run ``geodistill ARGS`` in-process without capturing output; return the exit code."""
+    from geodistill.cli.main import main
+
+    try:
+        return main(args)
+    except SystemExit as exit_:
+        return exit_.code if isinstance(exit_.code, int) else 1

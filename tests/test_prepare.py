@@ -19,7 +19,7 @@ from geodistill.data import chipping
 from geodistill.data.chipping import chip_offsets, cut_scene
 from geodistill.data.raster import raster_info
 from geodistill.data.vector import CLASSES_TAG, prepare_labels, rasterize_vector
-from geodistill.errors import GeodistillError
+from geodistill.errors import GeodistillError, GeodistillWarning
 
 X0, Y0, RES = 500_000.0, 5_000_000.0, 10.0
 HEIGHT, WIDTH = 48, 64
@@ -166,11 +166,13 @@ def test_large_class_ids_use_a_wider_dtype(tmp_path: Path, info) -> None:
     assert label.dtype == np.int32 and (label == 300).sum() == 4
 
 
-def test_no_intersecting_feature_warns_and_returns_background(tmp_path: Path, info) -> None:
+def test_no_intersecting_feature_is_refused_unless_allowed(tmp_path: Path, info) -> None:
     far = box(X0 + 10_000, Y0 + 10_000, X0 + 10_100, Y0 + 10_100)
     path = write_vector(tmp_path / "v.gpkg", [far], [1])
-    with pytest.warns(UserWarning, match="no feature"):
-        label = rasterize_vector(path, info, "cls", background=7)
+    with pytest.raises(GeodistillError, match="no feature.*510000..510100.*allow-empty-labels"):
+        rasterize_vector(path, info, "cls", background=7)
+    with pytest.warns(GeodistillWarning, match="no feature"):
+        label = rasterize_vector(path, info, "cls", background=7, allow_empty_labels=True)
     assert (label == 7).all()
 
 
@@ -517,10 +519,10 @@ def test_failure_midway_leaves_no_output(
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"chip_size": 0}, "chip_size"),
-        ({"chip_size": 32, "stride": 0}, "stride"),
-        ({"chip_size": 32, "min_valid_fraction": 1.5}, "min_valid_fraction"),
-        ({"chip_size": 32, "ignore_index": 300}, "ignore_index"),
+        ({"chip_size": 0}, "--chip-size"),
+        ({"chip_size": 32, "stride": 0}, "--stride"),
+        ({"chip_size": 32, "min_valid_fraction": 1.5}, "--min-valid"),
+        ({"chip_size": 32, "ignore_index": 300}, "--ignore-index"),
     ],
 )
 def test_bad_arguments(tmp_path: Path, scene: Path, kwargs: dict, message: str) -> None:

@@ -188,11 +188,11 @@ def test_weights_with_wrong_shapes_are_refused(tmp_path):
 
 
 def test_missing_or_unreadable_weights_file(tmp_path):
-    with pytest.raises(GeodistillError, match="does not exist"):
+    with pytest.raises(GeodistillError, match="no such weights file"):
         tiny(weights=str(tmp_path / "missing.pt"))
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"this is not a torch file")
-    with pytest.raises(GeodistillError, match="cannot read weights") as err:
+    with pytest.raises(GeodistillError, match="cannot read the weights file") as err:
         load_local_weights(tiny(), garbage)
     assert str(garbage) in str(err.value)
 

@@ -12,6 +12,7 @@ student are written to the output folder.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import lightning as L
 import numpy as np
 import rasterio
 
+from geodistill.atomic import check_output
 from geodistill.data.raster import read_image
 from geodistill.data.synthetic import DemoDataset, write_demo_dataset
 from geodistill.inference import InferenceOptions, SceneOutputs, load_predictor, predict_scene
@@ -75,24 +77,45 @@ def demo_config(
     )
 
 
+DEMO_OUTPUTS = ("data", "runs", "metrics.md", "figure.png", "summary.json")
+"""What a demo writes into its folder (besides ``metrics_<method>.json`` and ``scene_*.tif``)."""
+
+
+def demo_outputs(output: Path) -> list[Path]:
+    """The outputs of an earlier demo in ``output``: what a new one would replace."""
+    named = [output / name for name in DEMO_OUTPUTS if (output / name).exists()]
+    return named + sorted(output.glob("metrics_*.json")) + sorted(output.glob("scene_*.tif"))
+
+
+def check_demo_output(output: Path, overwrite: bool = False, option: str = "-o") -> Path:
+    """Refuse a folder holding an earlier demo (unless ``overwrite``) or one that cannot be
+    written, before the demo starts."""
+    return check_output(output, "folder", overwrite, option, replaces=demo_outputs)
+
+
 def run_demo(
     output: Path,
     seed: int = 0,
     epochs: dict[str, int] | None = None,
     dataset: dict[str, int] | None = None,
+    overwrite: bool = False,
 ) -> str:
     """Run the demo into ``output`` and return a short text summary.
 
     ``epochs`` overrides :data:`DEMO_EPOCHS` (keys ``teacher``, ``student``); ``dataset``
     overrides :func:`~geodistill.data.synthetic.write_demo_dataset` sizes (a quicker, smaller
-    demo).
+    demo). A folder holding an earlier demo is refused unless ``overwrite``, which removes its
+    dataset and runs first (a smaller dataset would otherwise keep the old chips).
     """
     start = time.perf_counter()
+    check_demo_output(output, overwrite)
     L.seed_everything(seed, verbose=False)
+    if overwrite:
+        shutil.rmtree(output / "data", ignore_errors=True)
     output.mkdir(parents=True, exist_ok=True)
     data = write_demo_dataset(output / "data", seed=seed, **{"n_fine": N_FINE, **(dataset or {})})
     config = demo_config(data, output / "runs", seed, epochs=epochs)
-    results = run_coarse_to_fine(config)
+    results = run_coarse_to_fine(config, overwrite=overwrite)
     classes = list(data.class_names)
     for name, metrics in results.items():
         metrics_to_json(metrics, output / f"metrics_{name}.json")

@@ -11,10 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.loggers import CSVLogger
 
+from geodistill.errors import GeodistillError
 from geodistill.tasks import SegmentationTask
+from geodistill.tasks.segmentation import BestCheckpoint
 
 
 @dataclass
@@ -40,7 +42,7 @@ def fit_and_test(
     ``check_val_every_n_epoch=None`` with ``val_check_interval=N`` validates every N steps.
     """
     run_dir = Path(run_dir)
-    checkpoint = ModelCheckpoint(
+    checkpoint = BestCheckpoint(
         dirpath=run_dir / "checkpoints", monitor="val/mIoU", mode="max", filename="best"
     )
     callbacks: list[L.Callback] = [checkpoint]
@@ -56,6 +58,12 @@ def fit_and_test(
         **{"accelerator": "cpu", "devices": 1, **trainer_kwargs},
     )
     trainer.fit(task, datamodule=datamodule)
+    if not checkpoint.best_model_path:  # every validation score was NaN: nothing to select on
+        raise GeodistillError(
+            "no validation epoch scored a labelled pixel (val/mIoU was NaN throughout), so no "
+            "best checkpoint could be chosen: check the validation split's labels",
+            run_dir,
+        )
     best = Path(checkpoint.best_model_path)
     trainer.test(task, datamodule=datamodule, ckpt_path=str(best), verbose=False)
     return ExperimentResult(metrics=dict(task.test_results), checkpoint=best, task=task)

@@ -42,6 +42,7 @@ def export_student(
     tile_size: int | None = None,
 ) -> Path:
     """Write the student of ``checkpoint`` to ``output`` (format by suffix), atomically."""
+    check_export_source(checkpoint)
     output = Path(output)
     exporter = EXPORTERS.get(output.suffix.lower())
     if exporter is None:
@@ -56,6 +57,22 @@ def export_student(
         source.setdefault("geodistill", {})["tile_size"] = tile_size
     exporter(source, Path(checkpoint), output)
     return output
+
+
+def check_export_source(path: str | Path) -> None:
+    """Refuse an input that is not a ``.ckpt`` before reading it: an exported ONNX model or any
+    other file gets a sentence saying what export needs, not an unpickling error."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".ckpt":
+        return
+    if path.is_dir():
+        found = "a folder"
+    elif suffix == ".onnx":
+        found = "an ONNX model (export writes those; it reads the training checkpoint)"
+    else:
+        found = f"a {suffix} file" if suffix else "a file without the .ckpt suffix"
+    raise GeodistillError(f"export needs a geodistill .ckpt checkpoint; this is {found}", path)
 
 
 def _export_checkpoint(source: dict[str, Any], path: Path, output: Path) -> None:

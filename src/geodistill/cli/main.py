@@ -11,7 +11,7 @@ import os
 import sys
 import warnings
 from collections.abc import Callable, Sequence
-from typing import TextIO
+from typing import NoReturn, TextIO
 
 from geodistill.errors import GeodistillError, GeodistillWarning
 
@@ -37,10 +37,21 @@ Run 'geodistill COMMAND --help' for a command's options. --debug shows traceback
 """
 
 
+class _ToolParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one :class:`GeodistillError` line, not usage + message.
+
+    Sub-command parsers inherit the class, so ``geodistill infer --tile x`` is answered like any
+    other bad input: one line naming the command and option, exit status 2.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        raise GeodistillError(f"{self.prog}: {message} (see '{self.prog} --help')")
+
+
 def _tool_parser() -> argparse.ArgumentParser:
     from geodistill.cli import tools
 
-    parser = argparse.ArgumentParser(prog="geodistill")
+    parser = _ToolParser(prog="geodistill")
     commands = parser.add_subparsers(dest="command", required=True)
     tools.add_prepare(commands)
     tools.add_stats(commands)

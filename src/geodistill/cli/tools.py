@@ -59,6 +59,11 @@ def add_prepare(commands: Any) -> None:
     )
     parser.add_argument("--layer", help="layer of a multi-layer vector file")
     parser.add_argument("--all-touched", action="store_true", help="burn every touched pixel")
+    parser.add_argument(
+        "--allow-empty-labels",
+        action="store_true",
+        help="accept vector labels that put no feature on the image (all-background label)",
+    )
     parser.add_argument("--chip-size", type=int, default=256)
     parser.add_argument("--stride", type=int, help="default: chip size (no overlap)")
     parser.add_argument("--bands", help="comma-separated band indices (0-based) or names")
@@ -68,15 +73,18 @@ def add_prepare(commands: Any) -> None:
         "--ignore-values",
         help="comma-separated label values that mean no data, e.g. --ignore-values=-1",
     )
-    parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty folder")
     parser.set_defaults(func=run_prepare)
 
 
 def run_prepare(args: argparse.Namespace) -> None:
+    from geodistill.atomic import check_output
     from geodistill.data.chipping import cut_scene
     from geodistill.data.raster import raster_info
     from geodistill.data.vector import rasterize_vector
 
+    # The chips are cut into a folder beside the output and renamed into place: both must work.
+    check_output(args.output, "folder", args.overwrite, replaced_as_whole=True)
     classes = _split_list(args.classes)
     label: Any = args.label
     if args.vector:
@@ -88,6 +96,7 @@ def run_prepare(args: argparse.Namespace) -> None:
             all_touched=args.all_touched,
             layer=args.layer,
             class_values=_pairs(args.class_values, "--class-values"),
+            allow_empty_labels=args.allow_empty_labels,
         )
     manifest = cut_scene(
         args.image,
@@ -120,14 +129,18 @@ def add_stats(commands: Any) -> None:
     parser.add_argument("--percentiles", default="1,99", help="clip percentiles, e.g. 1,99")
     parser.add_argument("--pixels-per-image", type=int, default=100_000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing file")
     parser.set_defaults(func=run_stats)
 
 
 def run_stats(args: argparse.Namespace) -> None:
+    from geodistill.atomic import check_output
     from geodistill.data.datasets import list_images
-    from geodistill.data.stats import compute_band_stats
+    from geodistill.data.stats import check_pixels_per_image, compute_band_stats
     from geodistill.errors import GeodistillError
 
+    check_output(args.output, "file", args.overwrite)
+    check_pixels_per_image(args.pixels_per_image)
     try:
         low, high = (float(v) for v in args.percentiles.split(","))
     except ValueError as err:
@@ -164,13 +177,16 @@ def add_demo(commands: Any) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--teacher-epochs", type=int, help="override stage 1's epochs")
     parser.add_argument("--student-epochs", type=int, help="override stage 2's epochs")
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier demo")
     parser.set_defaults(func=run_demo)
 
 
 def run_demo(args: argparse.Namespace) -> None:
+    from geodistill.demo import check_demo_output
     from geodistill.demo import run_demo as demo
     from geodistill.errors import GeodistillError
 
+    check_demo_output(Path(args.output), args.overwrite)
     epochs = {
         stage: value
         for stage, value in (("teacher", args.teacher_epochs), ("student", args.student_epochs))
@@ -178,7 +194,7 @@ def run_demo(args: argparse.Namespace) -> None:
     }
     if any(value < 1 for value in epochs.values()):
         raise GeodistillError(f"epochs must be >= 1, got {epochs}")
-    print(demo(Path(args.output), seed=args.seed, epochs=epochs))
+    print(demo(Path(args.output), seed=args.seed, epochs=epochs, overwrite=args.overwrite))
 
 
 def add_coarse_to_fine(commands: Any) -> None:
@@ -201,16 +217,31 @@ def add_coarse_to_fine(commands: Any) -> None:
     parser.add_argument("--methods", help="comma-separated methods (default: the config's)")
     parser.add_argument("-o", "--output", help="output folder (default: the config's)")
     parser.add_argument("--seed", type=int, help="override the config's seed")
+    earlier = parser.add_mutually_exclusive_group()
+    earlier.add_argument(
+        "--overwrite", action="store_true", help="remove the earlier runs in the output first"
+    )
+    earlier.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the methods an earlier run of the same config completed, run the rest",
+    )
     parser.set_defaults(func=run_coarse_to_fine)
 
 
 def run_coarse_to_fine(args: argparse.Namespace) -> None:
     from geodistill.pipelines.coarse_to_fine import (
+        check_output_folder,
         load_config,
         run_coarse_to_fine,
         write_results_table,
     )
 
+    option = "-o" if args.output else f"output (in {args.config})"
+    if args.output:  # checked before the config is even read
+        from geodistill.pipelines.coarse_to_fine import CoarseToFineConfig
+
+        check_output_folder(CoarseToFineConfig({}, args.output), args.overwrite, args.resume)
     config = load_config(args.config)
     if args.teacher:
         config.teacher_checkpoint = args.teacher
@@ -220,7 +251,7 @@ def run_coarse_to_fine(args: argparse.Namespace) -> None:
         config.output = args.output
     if args.seed is not None:
         config.seed = args.seed
-    results = run_coarse_to_fine(config)
+    results = run_coarse_to_fine(config, args.overwrite, args.resume, option)
     print(write_results_table(results, list(config.data["classes"])))
     print(f"wrote {Path(config.output) / 'results.json'}")
 
@@ -245,8 +276,13 @@ def add_export(commands: Any) -> None:
 
 
 def run_export(args: argparse.Namespace) -> None:
+    from geodistill.atomic import check_output
     from geodistill.export import export_student
+    from geodistill.inference.tiling import check_tile
 
+    check_output(args.output, "file", args.overwrite)
+    if args.tile_size is not None:
+        check_tile(args.tile_size, "--tile-size")
     written = export_student(
         args.checkpoint, args.output, overwrite=args.overwrite, tile_size=args.tile_size
     )
@@ -286,8 +322,11 @@ def add_infer(commands: Any) -> None:
 
 
 def run_infer(args: argparse.Namespace) -> None:
+    from geodistill.atomic import check_output
     from geodistill.inference import InferenceOptions, infer_scenes
 
+    # Existing outputs are refused scene by scene (their names depend on the scenes).
+    check_output(args.output, "folder", args.overwrite, replaces=lambda folder: [])
     options = InferenceOptions(
         tile=args.tile,
         overlap=args.overlap,
@@ -298,6 +337,7 @@ def run_infer(args: argparse.Namespace) -> None:
         bands=_bands(args.bands),
         overwrite=args.overwrite,
     )
+    options.check()
     devices: int | str = int(args.devices) if args.devices.isdigit() else args.devices
     trainer: dict[str, Any] = {
         "accelerator": args.accelerator,
@@ -346,8 +386,15 @@ def add_vectorize(commands: Any) -> None:
 
 
 def run_vectorize(args: argparse.Namespace) -> None:
-    from geodistill.inference.vectorize import format_summary, vectorize_class_map
+    from geodistill.atomic import check_output
+    from geodistill.inference.vectorize import (
+        format_summary,
+        summary_path_for,
+        vectorize_class_map,
+    )
 
+    for path in (args.output, summary_path_for(args.output)):
+        check_output(path, "file", args.overwrite)
     result = vectorize_class_map(
         args.class_map,
         args.output,

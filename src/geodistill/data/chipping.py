@@ -8,9 +8,9 @@ never whole, and the output directory appears only once complete.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
-import tempfile
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -19,16 +19,18 @@ from typing import Any
 import numpy as np
 import rasterio
 from rasterio import windows
-from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
+from geodistill.atomic import make_temp_dir
 from geodistill.data.raster import (
     BandSpec,
     RasterInfo,
     check_same_grid,
     open_raster,
     raster_info,
+    reading,
     resolve_bands,
+    warn_no_crs,
 )
 from geodistill.data.vector import CLASSES_TAG, write_geotiff
 from geodistill.errors import GeodistillError
@@ -67,23 +69,30 @@ def cut_scene(
     metadata (as written by :func:`geodistill.data.vector.prepare_labels`).
 
     Everything is written to a temporary sibling of ``out_dir`` and renamed into place at the end:
-    an interrupted or failed run leaves ``out_dir`` untouched. A non-empty ``out_dir`` is refused
-    unless ``overwrite`` is set.
+    an interrupted or failed run leaves ``out_dir`` untouched (and creates no parent folder). A
+    non-empty ``out_dir`` is refused unless ``overwrite`` is set. The folders get the usual mode
+    (``0o777`` less the umask), like any folder the user makes.
+
+    Refused as :class:`GeodistillError` before anything is written: a chip larger than the image,
+    a band the image lacks, a label on another grid; and, once the scene is read, an image whose
+    every pixel is nodata, a label with no labelled pixel, or no chip reaching
+    ``min_valid_fraction``: an empty or useless chip folder is never the result.
     """
     image_path, out_dir = Path(image_path), Path(out_dir)
     stride = chip_size if stride is None else stride
     _check_args(chip_size, stride, min_valid_fraction, ignore_index)
     _check_out_dir(out_dir, overwrite)
     info = raster_info(image_path)
+    _check_chip_fits(info, chip_size)
     indexes = [i + 1 for i in resolve_bands(info, bands)]
+    if info.crs is None:
+        warn_no_crs(image_path, "the chips are written without one")
 
     with _LabelSource.create(label, info, ignore_index, ignore_values) as labels:
         if classes is None:
             classes = labels.classes
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp_dir = Path(
-            tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent)
-        )
+        created = _make_parents(out_dir.parent)
+        tmp_dir = _staging_dir(out_dir)
         try:
             manifest = _write_chips(
                 image_path,
@@ -102,8 +111,42 @@ def cut_scene(
             _move_into_place(tmp_dir, out_dir, overwrite)
         except BaseException:
             shutil.rmtree(tmp_dir, ignore_errors=True)
+            for folder in reversed(created):  # a folder someone else wrote in stays
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
             raise
     return out_dir / MANIFEST_NAME
+
+
+def _check_chip_fits(info: RasterInfo, chip_size: int) -> None:
+    """Refuse chips larger than the image: every chip would be mostly padding (often the default
+    ``--chip-size 256`` on a small image)."""
+    if chip_size > info.width or chip_size > info.height:
+        raise GeodistillError(
+            f"--chip-size {chip_size} is larger than the image ({info.width}x{info.height} "
+            f"pixels); use --chip-size {min(info.width, info.height)} or less",
+            info.path,
+        )
+
+
+def _make_parents(folder: Path) -> list[Path]:
+    """Create ``folder`` and missing parents; return those created (outermost first), so a
+    failed run can remove them again and leave nothing behind."""
+    missing = []
+    current = folder
+    while not current.exists():
+        missing.append(current)
+        if current.parent == current:
+            break
+        current = current.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    return list(reversed(missing))
+
+
+def _staging_dir(out_dir: Path) -> Path:
+    """A new, empty, hidden sibling of ``out_dir`` to build the chips in, with the usual folder
+    mode; a killed run's staging folder is removed by the next run (:func:`make_temp_dir`)."""
+    return make_temp_dir(out_dir, ".tmp")
 
 
 def chip_offsets(size: int, chip_size: int, stride: int) -> list[int]:
@@ -142,16 +185,18 @@ def _write_chips(
 
     chips: list[dict[str, Any]] = []
     totals: Counter[int] = Counter()
+    coverage = _Coverage()
     with open_raster(image_path) as src:
         for window in _windows(info, chip_size, stride):
-            try:
+            with reading(image_path):
                 image, valid = _read_padded(src, indexes, window, fill, dtype)
-            except RasterioError as err:
-                raise GeodistillError(f"cannot read pixels ({err})", image_path) from err
+            coverage.image += int(valid.sum())
             label = labels.read(window)
             if label is not None:
                 valid &= label != ignore_index
+            coverage.labelled += int(valid.sum())
             fraction = float(valid.mean())
+            coverage.best = max(coverage.best, fraction)
             if fraction < min_valid_fraction:
                 continue
 
@@ -191,6 +236,7 @@ def _write_chips(
                 }
             )
 
+    coverage.check(image_path, labels, ignore_index, min_valid_fraction, bool(chips))
     manifest: dict[str, Any] = {
         "source_image": str(image_path.resolve()),
         "source_label": labels.source,
@@ -210,6 +256,41 @@ def _write_chips(
     manifest["chips"] = chips
     manifest["class_histogram"] = {str(k): v for k, v in sorted(totals.items())}
     return manifest
+
+
+class _Coverage:
+    """Valid pixels seen while cutting: to refuse a scene that gives nothing to train on."""
+
+    def __init__(self) -> None:
+        self.image = 0  # pixels with data in every selected band
+        self.labelled = 0  # ... and a label other than ignore (= image without a label)
+        self.best = 0.0  # highest valid fraction of a chip
+
+    def check(
+        self,
+        image_path: Path,
+        labels: _LabelSource,
+        ignore_index: int,
+        min_valid_fraction: float,
+        any_chip: bool,
+    ) -> None:
+        """Raise if the image has no data, the label labels nothing, or no chip was kept."""
+        if self.image == 0:
+            raise GeodistillError(
+                "every pixel is nodata in the selected bands: there is nothing to cut", image_path
+            )
+        if labels.present and self.labelled == 0:
+            raise GeodistillError(
+                f"the label has no labelled pixel where the image has data (all --ignore-index "
+                f"{ignore_index} or nodata): there is nothing to train on",
+                labels.path or image_path,
+            )
+        if not any_chip:
+            raise GeodistillError(
+                f"no chip reaches --min-valid {min_valid_fraction:g} (the best chip is "
+                f"{self.best:.1%} valid); lower --min-valid",
+                image_path,
+            )
 
 
 def _windows(info: RasterInfo, chip_size: int, stride: int) -> Iterator[Window]:
@@ -259,8 +340,8 @@ def _histogram(
         unknown = sorted(k for k in histogram if k >= len(classes))
         if unknown:
             raise GeodistillError(
-                f"label holds class ids {unknown} but only {len(classes)} classes are known "
-                f"({', '.join(classes)})",
+                f"label holds class ids {unknown} beyond the {len(classes)} known classes "
+                f"({', '.join(classes)}); give every class name in --classes",
                 path,
             )
     return histogram
@@ -312,12 +393,12 @@ class _LabelSource:
         cls, path: Path, image: RasterInfo, ignore_index: int, ignore_values: Sequence[float]
     ) -> _LabelSource:
         info = raster_info(path)
-        check_same_grid(image, info)
         if info.count != 1:
             raise GeodistillError(
-                f"label raster has {info.count} bands; chipping needs a single band of class ids",
+                f"label raster has {info.count} bands; --label needs a single band of class ids",
                 path,
             )
+        check_same_grid(image, info)
         dataset = open_raster(path)
         classes = None
         tag = dataset.tags().get(CLASSES_TAG)
@@ -348,10 +429,8 @@ class _LabelSource:
             return chip
         assert self.dataset is not None
         rows, cols, inner = _inner(window, self.dataset.height, self.dataset.width)
-        try:
+        with reading(self.dataset.name):
             data = self.dataset.read(1, window=inner)
-        except RasterioError as err:
-            raise GeodistillError(f"cannot read pixels ({err})", self.path) from err
         chip[rows, cols] = _to_uint8(
             data, self.ignore_index, self.dataset.nodata, self.path, self.ignore_values
         )
@@ -399,14 +478,17 @@ def _to_uint8(
 
 
 def _check_args(chip_size: int, stride: int, min_valid_fraction: float, ignore_index: int) -> None:
+    """Refuse impossible settings before any file is opened, naming the option as typed."""
     if chip_size < 1:
-        raise GeodistillError(f"chip_size must be a positive number of pixels, got {chip_size}")
+        raise GeodistillError(f"--chip-size must be a positive number of pixels, got {chip_size}")
     if stride < 1:
-        raise GeodistillError(f"stride must be a positive number of pixels, got {stride}")
+        raise GeodistillError(f"--stride must be a positive number of pixels, got {stride}")
     if not 0.0 <= min_valid_fraction <= 1.0:
-        raise GeodistillError(f"min_valid_fraction must be within 0..1, got {min_valid_fraction}")
+        raise GeodistillError(
+            f"--min-valid must be a fraction within 0..1, got {min_valid_fraction}"
+        )
     if not 0 <= ignore_index <= 255:
-        raise GeodistillError(f"ignore_index must be within 0..255, got {ignore_index}")
+        raise GeodistillError(f"--ignore-index must be within 0..255, got {ignore_index}")
 
 
 def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
@@ -414,7 +496,7 @@ def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
         raise GeodistillError("output path exists and is not a directory", out_dir)
     if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
         raise GeodistillError(
-            "output directory exists and is not empty; pass overwrite=True to replace it", out_dir
+            "output folder exists and is not empty; pass --overwrite to replace it", out_dir
         )
 
 
@@ -424,7 +506,7 @@ def _move_into_place(tmp_dir: Path, out_dir: Path, overwrite: bool) -> None:
         tmp_dir.rename(out_dir)
         return
     _check_out_dir(out_dir, overwrite)
-    old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old", dir=out_dir.parent))
+    old = make_temp_dir(out_dir, ".old")
     old.rmdir()
     out_dir.rename(old)
     try:

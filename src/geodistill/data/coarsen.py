@@ -45,7 +45,7 @@ from rasterio.transform import Affine
 from shapely.geometry import shape
 
 from geodistill.atomic import atomic_output
-from geodistill.data.raster import open_raster
+from geodistill.data.raster import open_raster, reading
 from geodistill.errors import GeodistillError
 
 _IDENTITY = Affine.identity()
@@ -243,16 +243,11 @@ def coarsen_label_file(
     src, dst = Path(src), Path(dst)
     if not 0 <= ignore_index <= 255:
         raise GeodistillError(f"ignore_index must fit uint8 (0..255), got {ignore_index}")
-    try:
-        with open_raster(src) as ds:
-            if ds.count != 1:
-                raise GeodistillError(
-                    f"expected a single-band class-id raster, got {ds.count}", src
-                )
-            label = ds.read(1)
-            crs, transform, nodata = ds.crs, ds.transform, ds.nodata
-    except RasterioError as err:
-        raise GeodistillError(f"cannot read pixels ({err})", src) from err
+    with open_raster(src) as ds, reading(src):
+        if ds.count != 1:
+            raise GeodistillError(f"expected a single-band class-id raster, got {ds.count}", src)
+        label = ds.read(1)
+        crs, transform, nodata = ds.crs, ds.transform, ds.nodata
     if not np.issubdtype(label.dtype, np.integer):
         raise GeodistillError(f"expected integer class ids, got dtype {label.dtype}", src)
     label = label.astype(np.int64)

@@ -11,6 +11,7 @@ import lightning as L
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, RandomSampler
 
 from geodistill.data.datasets import ChipDataset, Source, list_images, match_labels, pad_collate
+from geodistill.data.labels import count_labelled
 from geodistill.data.raster import raster_info, resolve_bands
 from geodistill.data.splits import split_items, write_manifest
 from geodistill.data.stats import BandStats, band_names, compute_band_stats
@@ -18,6 +19,7 @@ from geodistill.data.transforms import train_transforms
 from geodistill.errors import GeodistillError
 
 Split = Literal["train", "val", "test"]
+SPLITS: tuple[Split, ...] = ("train", "val", "test")
 
 
 @dataclass
@@ -146,6 +148,7 @@ class GeoSegDataModule(L.LightningDataModule):
         for name, domain in self.domains.items():
             pool = self._pairs(domain.train, f"data.{name}.train")
             by_image = dict(pool)
+            self._check_fractions(name, domain)
             fractions = [
                 0.0 if domain.val else domain.val_fraction,
                 0.0 if domain.test else domain.test_fraction,
@@ -171,6 +174,24 @@ class GeoSegDataModule(L.LightningDataModule):
                 raise GeodistillError(f"data.{name}: the training split is empty")
             splits[name] = parts
         return splits
+
+    @staticmethod
+    def _check_fractions(name: str, domain: Domain) -> None:
+        """Refuse split fractions outside [0, 1) or leaving no training chips, by config key."""
+        used = []
+        for split in ("val", "test"):
+            fraction = getattr(domain, f"{split}_fraction")
+            if not 0 <= fraction < 1:
+                raise GeodistillError(
+                    f"data.{name}.{split}_fraction must be in [0, 1), got {fraction}"
+                )
+            if getattr(domain, split) is None:
+                used.append(fraction)
+        if sum(used) >= 1:
+            raise GeodistillError(
+                f"data.{name}.val_fraction + test_fraction = {sum(used):g} leaves no training "
+                "chips: their sum must be below 1"
+            )
 
     @staticmethod
     def _kept_count(name: str, domain: Domain, available: int) -> int | None:
@@ -225,19 +246,27 @@ class GeoSegDataModule(L.LightningDataModule):
             )
         return names
 
-    def setup(self, stage: str) -> None:
+    def check(self, stage: str) -> None:
+        """Build the datasets ``stage`` reads and check every label raster of them whole.
+
+        Called by :meth:`setup`, and by the CLI before the trainer starts, so that bad data is
+        refused before any log or checkpoint is written (the whole-raster check is cached).
+        """
         if stage == "fit":
             train = [self._dataset(name, "train", train=True) for name in self.train_domains()]
             self.datasets["train"] = train[0] if len(train) == 1 else ConcatDataset(train)
             self.datasets["val"] = self._dataset(self.eval_domain, "val", train=False)
             if self.unlabeled_from is not None:
                 self.datasets["unlabeled"] = self._unlabeled_dataset()
-            self.band_stats = self._band_stats()
-            self._write_manifest()
-        elif stage == "validate":
-            self.datasets["val"] = self._dataset(self.eval_domain, "val", train=False)
-        elif stage == "test":
-            self.datasets["test"] = self._dataset(self.eval_domain, "test", train=False)
+            used = {(name, "train") for name in self.train_domains()}
+            used.add((self.eval_domain, "val"))
+            domains = dict.fromkeys([*self.train_domains(), self.eval_domain])
+            # every split of the domains fit reads: bad test labels are found before training
+            checked = [(name, part, (name, part) in used) for name in domains for part in SPLITS]
+        elif stage in ("validate", "test"):
+            split: Split = "val" if stage == "validate" else "test"
+            self.datasets[split] = self._dataset(self.eval_domain, split, train=False)
+            checked = [(self.eval_domain, split, True)]
         elif stage == "predict":
             if self.predict_source is None:
                 raise GeodistillError("data.predict is not set: no images to predict")
@@ -245,6 +274,43 @@ class GeoSegDataModule(L.LightningDataModule):
             self.datasets["predict"] = ChipDataset(
                 images, None, self.num_classes, self.bands, self.ignore_index
             )
+            checked = []
+        else:
+            checked = []
+        for domain, part, needed in checked:
+            self._check_labels(domain, part, needed)
+
+    def _check_labels(self, domain: str, split: Split, needed: bool = True) -> None:
+        """Every label of a split within the classes, and (where the stage ``needed`` the split)
+        at least one labelled pixel in all of them.
+
+        Random crops would see only parts of each label; a split without a labelled pixel trains
+        on nothing, or scores NaN and would pick a "best" checkpoint on NaN.
+        """
+        source = self.sources[domain, split]
+        labels = [lab for _, lab in self.splits[domain][split] if lab is not None]
+        if not labels:
+            return
+        labelled = sum(
+            count_labelled(
+                lab, self.num_classes, self.ignore_index, source.color_map, source.ignore_values
+            )
+            for lab in labels
+        )
+        if labelled == 0 and needed:
+            folders = ", ".join(_as_list(source.labels or labels[0]))
+            raise GeodistillError(
+                f"every pixel of the {len(labels)} label raster(s) of the data.{domain} {split} "
+                "split is nodata or ignored: there is nothing to "
+                f"{'train on' if split == 'train' else 'score'}",
+                folders,
+            )
+
+    def setup(self, stage: str) -> None:
+        self.check(stage)
+        if stage == "fit":
+            self.band_stats = self._band_stats()
+            self._write_manifest()
 
     def unlabeled_images(self) -> list[str]:
         """The images of the unlabelled stream that ``unlabeled_from`` names."""

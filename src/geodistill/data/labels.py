@@ -7,10 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
-from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
-from geodistill.data.raster import open_raster, raster_info
+from geodistill.data.raster import open_raster, raster_info, reading
 from geodistill.errors import GeodistillError
 
 ColorMap = Mapping[str, int]
@@ -43,13 +42,10 @@ def read_label(
     ``[0, num_classes)`` is an error, because it almost always means the wrong class list.
     """
     info = raster_info(path)
-    try:
-        with open_raster(path) as src:
-            if color_map is not None:
-                return _map_colors(_read_rgb(src, window), color_map, ignore_index)
-            label = src.read(1, window=window, boundless=window is not None, fill_value=info.nodata)
-    except RasterioError as err:
-        raise GeodistillError(f"cannot read pixels ({err})", path) from err
+    with reading(path), open_raster(path) as src:
+        if color_map is not None:
+            return _map_colors(_read_rgb(src, window), color_map, ignore_index)
+        label = src.read(1, window=window, boundless=window is not None, fill_value=info.nodata)
     if label.dtype.kind == "f":  # float labels: NaN (e.g. NaN nodata) is unlabelled
         label = np.where(np.isnan(label), ignore_index, label)
     label = label.astype(np.int64)
@@ -94,3 +90,48 @@ def _map_colors(rgb: np.ndarray, color_map: ColorMap, ignore_index: int) -> np.n
         r, g, b = parse_color(key)
         label[packed == ((r << 16) | (g << 8) | b)] = ignore_index if class_id < 0 else class_id
     return label
+
+
+LABEL_BLOCK_PIXELS = 1 << 22
+"""Pixels read per block when a label raster is checked whole (bounded memory on large scenes)."""
+
+_LABELLED_COUNTS: dict[tuple[object, ...], int] = {}
+"""In-process cache of :func:`count_labelled`, keyed by file (path, size, mtime) and arguments."""
+
+
+def count_labelled(
+    path: str | Path,
+    num_classes: int,
+    ignore_index: int = 255,
+    color_map: ColorMap | None = None,
+    ignore_values: Sequence[int] = (),
+) -> int:
+    """Check a whole label raster once and return how many of its pixels are labelled.
+
+    Training reads random crops, so a value outside the classes in a corner no crop covers would
+    otherwise go unnoticed; a value outside ``[0, num_classes)`` raises the same error as
+    :func:`read_label`. The raster is read in blocks of rows (bounded memory) and the result is
+    cached by path, size and modification time, so repeated setups in one process stay cheap.
+    """
+    stat = Path(path).stat()
+    key = (
+        str(Path(path).resolve()),
+        stat.st_size,
+        stat.st_mtime_ns,
+        num_classes,
+        ignore_index,
+        tuple(sorted((color_map or {}).items())),
+        color_map is None,
+        tuple(ignore_values),
+    )
+    if key not in _LABELLED_COUNTS:
+        info = raster_info(path)
+        rows = max(1, LABEL_BLOCK_PIXELS // max(info.width, 1))
+        labelled = 0
+        for row in range(0, info.height, rows):
+            whole = rows >= info.height  # one plain read; windows read boundless (slower)
+            window = None if whole else Window(0, row, info.width, min(rows, info.height - row))
+            block = read_label(path, num_classes, ignore_index, color_map, ignore_values, window)
+            labelled += int(np.count_nonzero(block != ignore_index))
+        _LABELLED_COUNTS[key] = labelled
+    return _LABELLED_COUNTS[key]

@@ -52,6 +52,16 @@ def band_names(path: str | Path, bands: BandSpec = None) -> tuple[str, ...]:
     return tuple(info.descriptions[i] or f"band_{i + 1}" for i in resolve_bands(info, bands))
 
 
+def check_pixels_per_image(pixels_per_image: int) -> int:
+    """Refuse a sample of no pixels (it would read as "all pixels are nodata")."""
+    if pixels_per_image < 1:
+        raise GeodistillError(
+            f"--pixels-per-image must be ≥ 1 (pixels sampled from each image), "
+            f"got {pixels_per_image}"
+        )
+    return pixels_per_image
+
+
 def compute_band_stats(
     paths: Sequence[str | Path],
     bands: BandSpec = None,
@@ -64,6 +74,7 @@ def compute_band_stats(
         raise GeodistillError("no images to compute band statistics from")
     if not 0 <= percentiles[0] < percentiles[1] <= 100:
         raise GeodistillError(f"percentiles must satisfy 0 <= low < high <= 100, got {percentiles}")
+    check_pixels_per_image(pixels_per_image)
     rng = np.random.default_rng(seed)
     names = band_names(paths[0], bands)
     samples = []
@@ -80,7 +91,13 @@ def compute_band_stats(
         samples.append(pixels)
     pooled = np.concatenate(samples, axis=1).astype(np.float64)
     if pooled.shape[1] == 0:
-        raise GeodistillError(f"all pixels are nodata in the {len(paths)} images given")
+        where = paths[0] if len(paths) == 1 else Path(paths[0]).parent
+        count = "the image" if len(paths) == 1 else f"all {len(paths)} images"
+        raise GeodistillError(
+            f"every pixel of {count} is nodata (or NaN) in the selected bands: no statistics "
+            "can be computed",
+            where,
+        )
     low, high = np.percentile(pooled, percentiles, axis=1)
     clipped = np.clip(pooled, low[:, None], high[:, None])
     std = np.maximum(clipped.std(axis=1), 1e-6)

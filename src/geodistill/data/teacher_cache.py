@@ -23,7 +23,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import uuid
 import warnings
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from torch import Tensor
 from torch.utils.data import ConcatDataset, Dataset
 from tqdm import tqdm
 
+from geodistill.atomic import make_temp_dir
 from geodistill.data.datasets import ChipDataset
 from geodistill.data.transforms import apply_transform
 from geodistill.errors import GeodistillError, GeodistillWarning
@@ -262,9 +262,8 @@ class TeacherCache:
         _check_replaceable(folder)
         data = data_description(dataset, size)
         folder.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.building-"))
+        staging = make_temp_dir(folder, ".building")
         try:
-            os.chmod(staging, 0o755)
             arrays = _write_outputs(staging, teacher, dataset, size, batch_size, device, dtype)
             meta = {
                 "format": FORMAT,

@@ -23,6 +23,7 @@ from geodistill.inference.predictors import Predictor, load_predictor
 from geodistill.inference.scene import (
     InferenceOptions,
     SceneOutputs,
+    check_model_tile,
     check_scene,
     predict_scene,
 )
@@ -46,6 +47,9 @@ class ScenePrediction(L.LightningModule):
 
     def on_predict_start(self) -> None:
         self.predictor.place(self.device)
+        # On the device that will predict: a CPU probe of a large tile could need more memory
+        # than the CPU has, and the device's own kernels decide which sizes work.
+        check_model_tile(self.predictor, self.options.resolve(self.predictor.card)[0])
 
     def predict_step(self, batch: list[int], batch_idx: int) -> int:
         (index,) = batch
@@ -61,8 +65,11 @@ def plan_scenes(
     scenes: Sequence[str | Path],
     output_dir: str | Path,
     options: InferenceOptions,
+    on_cpu: bool = True,
 ) -> list[tuple[Path, SceneOutputs]]:
-    """Scene files (paths, folders or globs) and their outputs, all checked up front."""
+    """Scene files (paths, folders or globs) and their outputs, all checked up front: readable,
+    the model's bands, tiles that fit in memory (``on_cpu``: the network runs in it too), and no
+    output replaced without ``overwrite``."""
     files = [Path(p) for p in list_images([str(s) for s in scenes])]
     if not files:
         raise GeodistillError(f"no image files in {', '.join(str(s) for s in scenes)}")
@@ -77,10 +84,19 @@ def plan_scenes(
                 scene,
             )
         seen[outputs.classes] = scene
-        check_scene(scene, predictor.card, options)
+        check_scene(scene, predictor.card, options, on_cpu)
         outputs.refuse_existing(options.overwrite)
         jobs.append((scene, outputs))
     return jobs
+
+
+def _on_cpu(accelerator: Any) -> bool:
+    """Whether the network will run on the CPU (its activations then count against RAM)."""
+    if str(accelerator) == "auto":
+        import torch
+
+        return not (torch.cuda.is_available() or torch.backends.mps.is_available())
+    return str(accelerator) == "cpu"
 
 
 @contextmanager
@@ -110,12 +126,14 @@ def infer_scenes(
     """
     options = options or InferenceOptions()
     predictor = load_predictor(model) if isinstance(model, str | Path) else model
-    jobs = plan_scenes(predictor, scenes, output_dir, options)
-    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    trainer = {"accelerator": "auto", "devices": 1, **(trainer or {})}
+    jobs = plan_scenes(predictor, scenes, output_dir, options, _on_cpu(trainer["accelerator"]))
+    # No folder is made here: each output's writer creates it, so a run refused before its
+    # first tile leaves nothing behind.
     loader = DataLoader(list(range(len(jobs))), batch_size=1, collate_fn=list)
     with _quiet_lightning():
         runner = L.Trainer(
-            **{"accelerator": "auto", "devices": 1, **(trainer or {})},
+            **trainer,
             logger=False,
             enable_checkpointing=False,
             enable_model_summary=False,

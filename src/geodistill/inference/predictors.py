@@ -212,6 +212,8 @@ def load_predictor(path: str | Path) -> Predictor:
     if loader is None:
         known = ", ".join(PREDICTOR_LOADERS)
         raise GeodistillError(f"unknown model file type {path.suffix!r} (known: {known})", path)
+    if path.is_dir():
+        raise GeodistillError("is a folder, not a model file (.ckpt or .onnx)", path)
     if not path.is_file():
         raise GeodistillError("no such model file", path)
     return loader(path)

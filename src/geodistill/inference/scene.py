@@ -11,11 +11,11 @@ independent of the scene's height, and every tile is predicted exactly once.
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Iterator
+import os
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,11 +23,26 @@ import rasterio
 from rasterio.windows import Window
 from tqdm.auto import tqdm
 
-from geodistill.data.raster import BandSpec, RasterInfo, open_raster, raster_info, read_pixels
+from geodistill.atomic import refuse_existing
+from geodistill.data.raster import (
+    BandSpec,
+    RasterInfo,
+    open_raster,
+    raster_info,
+    read_pixels,
+    warn_no_crs,
+)
 from geodistill.data.raster import resolve_bands as resolve_band_spec
-from geodistill.errors import GeodistillError, GeodistillWarning
+from geodistill.errors import GeodistillError
 from geodistill.inference.predictors import ModelCard, Predictor
-from geodistill.inference.tiling import TileGrid, blend_window
+from geodistill.inference.tiling import (
+    MIN_TILE,
+    TileGrid,
+    blend_window,
+    check_batch_size,
+    check_overlap,
+    check_tile,
+)
 from geodistill.inference.writer import (
     PERCENT_SCALE,
     PREDICTION_NODATA,
@@ -57,17 +72,166 @@ class InferenceOptions:
     bands: BandSpec = None
     overwrite: bool = False
 
+    def check(self) -> None:
+        """Refuse out-of-range values given explicitly (before any model is loaded)."""
+        if self.tile is not None:
+            check_tile(self.tile)
+        if self.overlap is not None:
+            check_overlap(self.overlap, self.tile)
+        check_batch_size(self.batch_size)
+
     def resolve(self, card: ModelCard) -> tuple[int, int]:
-        """``(tile, overlap)`` for ``card``'s model, checked."""
-        tile = self.tile or card.tile_size
-        overlap = tile // 4 if self.overlap is None else self.overlap
-        if tile < 8:
-            raise GeodistillError(f"tile size must be at least 8 pixels, got {tile}")
-        if not 0 <= overlap < tile:
-            raise GeodistillError(f"overlap must be in [0, tile size {tile}), got {overlap}")
-        if self.batch_size < 1:
-            raise GeodistillError(f"batch size must be >= 1, got {self.batch_size}")
+        """``(tile, overlap)`` for ``card``'s model, checked. A tile of 0 is refused, not taken
+        for "the model's"."""
+        self.check()
+        tile = check_tile(card.tile_size if self.tile is None else self.tile)
+        overlap = check_overlap(tile // 4 if self.overlap is None else self.overlap, tile)
         return tile, overlap
+
+
+MODEL_FLOATS_PER_PIXEL = 256
+"""float32 values alive per input pixel at the peak of a student's forward pass on the CPU: a
+rough bound from measurements of ResNet-18 U-Net, DeepLabV3+, UPerNet and MiT-B0 SegFormer
+students (90 to 310). On an accelerator these live in its memory instead."""
+
+
+def memory_needed(
+    grid: TileGrid, num_bands: int, num_classes: int, options: InferenceOptions, on_cpu: bool
+) -> int:
+    """Bytes of host memory :func:`predict_scene` allocates at its peak for ``grid``.
+
+    Per batch of ``n`` tiles: the tiles (float32, one per band) and their valid mask, the window
+    read for them (and its float copy), the class probabilities with their softmax temporaries
+    (and the flipped copies of TTA), the network's activations when it runs on the CPU, and the
+    batch read ahead when it does not. Per scene: the blend window (tile²) and the accumulator
+    (classes × tile × scene width) with one normalised column chunk.
+    """
+    tile, width = grid.tile, grid.width
+    n = min(options.batch_size, len(grid.cols))
+    pixels = n * tile * tile
+    read_width = min(width, (n - 1) * (tile - grid.overlap) + tile)
+    batch = pixels * (4 * num_bands + 1) + 2 * 4 * num_bands * tile * read_width
+    predictions = pixels * 4 * num_classes * (5 if options.tta else 3)
+    model = pixels * 4 * MODEL_FLOATS_PER_PIXEL if on_cpu else batch
+    window = 4 * tile * tile
+    accumulator = tile * width * (4 * num_classes + 1)
+    chunk = 2 * 4 * num_classes * tile * min(width, WRITE_CHUNK)
+    return batch + predictions + model + window + accumulator + chunk
+
+
+def available_memory() -> int | None:
+    """Bytes this process can still allocate: MemAvailable, capped by a cgroup limit if any."""
+    available: int | None = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                available = int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    if available is None:
+        try:
+            available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            return None
+    for limit_file, usage_file in (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+        (
+            "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+            "/sys/fs/cgroup/memory/memory.usage_in_bytes",
+        ),
+    ):
+        try:
+            limit = int(Path(limit_file).read_text().strip())
+            usage = int(Path(usage_file).read_text().strip())
+        except (OSError, ValueError):
+            continue
+        available = min(available, max(limit - usage, 0))
+    return available
+
+
+def _gib(size: int) -> str:
+    gib = size / 1024**3
+    return f"{gib:,.0f} GiB" if gib >= 10 else f"{gib:.1f} GiB"
+
+
+def check_memory(
+    info: RasterInfo, card: ModelCard, options: InferenceOptions, on_cpu: bool = True
+) -> None:
+    """Refuse tiles and batches whose arrays would not fit in the memory available now, saying
+    which tile size fits, before anything is allocated."""
+    tile, overlap = options.resolve(card)
+    available = available_memory()
+    if available is None:
+        return
+
+    def need(side: int, batch_size: int = options.batch_size) -> int:
+        grid = TileGrid(info.height, info.width, side, min(overlap, side // 2))
+        sized = replace(options, batch_size=batch_size)
+        return memory_needed(grid, card.num_bands, card.num_classes, sized, on_cpu)
+
+    needed = need(tile)
+    if needed <= available:
+        return
+    fits = _largest_fitting(_tile_candidates(tile), lambda side: need(side) <= available)
+    batched = min(options.batch_size, len(TileGrid(info.height, info.width, tile, overlap).cols))
+    if fits:
+        advice = f"use --tile {fits} or less"
+        if batched > 1:
+            advice += " (or a smaller --batch-size)"
+    elif batched > 1 and need(MIN_TILE, 1) <= available:
+        advice = "use a smaller --tile and --batch-size"
+    else:
+        advice = f"even --tile {MIN_TILE} does not fit this scene's width; free some memory"
+    raise GeodistillError(
+        f"--tile {tile} with --batch-size {options.batch_size} needs about {_gib(needed)} of "
+        f"memory for {info.width}×{info.height} pixels; about {_gib(available)} is available: "
+        + advice,
+        info.path,
+    )
+
+
+def _largest_fitting(sides: list[int], fits: Callable[[int], bool]) -> int | None:
+    """The first of ``sides`` (descending) that ``fits``, by bisection: memory grows with the
+    tile side, and a 100000-pixel tile has thousands of candidates."""
+    low, high = 0, len(sides)
+    while low < high:
+        middle = (low + high) // 2
+        if fits(sides[middle]):
+            high = middle
+        else:
+            low = middle + 1
+    return sides[low] if low < len(sides) else None
+
+
+def _tile_candidates(tile: int) -> list[int]:
+    """Smaller tile sides worth suggesting, largest first: multiples of 32 (every encoder's
+    stride), then :data:`MIN_TILE`."""
+    sides = list(range((tile - 1) // 32 * 32, 31, -32))
+    return [*sides, MIN_TILE] if tile > MIN_TILE else sides
+
+
+def check_model_tile(predictor: Predictor, tile: int) -> None:
+    """Run one blank tile through the model when the tile is not the one it was trained or
+    exported with: some architectures need a multiple of their stride, and fail or return maps of
+    another size otherwise. Refuse such a tile with the nearest that works in general."""
+    card = predictor.card
+    if tile == card.tile_size:
+        return
+    nearest = max(32, round(tile / 32) * 32)
+    advice = f"use a multiple of 32 such as --tile {nearest}"
+    probe = np.zeros((1, card.num_bands, tile, tile), np.float32)
+    try:
+        shape = tuple(predictor.predict(probe).shape)
+    except Exception as err:  # noqa: BLE001 - any backend error means this tile does not work
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise GeodistillError(
+            f"--tile {tile} does not suit this model ({first}); {advice}"
+        ) from err
+    if shape[-2:] != (tile, tile):
+        raise GeodistillError(
+            f"--tile {tile} does not suit this model: it returns {shape[-2]}×{shape[-1]} maps "
+            f"for {tile}×{tile} tiles; {advice}"
+        )
 
 
 @dataclass
@@ -93,9 +257,7 @@ class SceneOutputs:
 
     def refuse_existing(self, overwrite: bool) -> None:
         """An existing output is only replaced when ``overwrite`` says so."""
-        existing = [p for p in self.paths() if p.exists()]
-        if existing and not overwrite:
-            raise GeodistillError("the output exists; pass --overwrite to replace it", existing[0])
+        refuse_existing(self.paths(), overwrite)
 
 
 def match_bands(info: RasterInfo, card: ModelCard, bands: BandSpec = None) -> list[int]:
@@ -135,17 +297,15 @@ def _generic(name: str) -> bool:
 
 
 def check_scene(
-    scene: str | Path, card: ModelCard, options: InferenceOptions
+    scene: str | Path, card: ModelCard, options: InferenceOptions, on_cpu: bool = True
 ) -> tuple[RasterInfo, list[int]]:
-    """Refuse a scene the model cannot read (before any work); return its header and bands."""
+    """Refuse a scene the model cannot read, or whose tiles would not fit in memory (before any
+    work); return its header and bands."""
     info = raster_info(scene)
     indices = match_bands(info, card, options.bands)
+    check_memory(info, card, options, on_cpu)
     if info.crs is None:
-        warnings.warn(
-            f"{scene}: no CRS; predicting anyway and writing the outputs without one",
-            GeodistillWarning,
-            stacklevel=2,
-        )
+        warn_no_crs(scene, "predicting anyway and writing the outputs without one")
     return info, indices
 
 
@@ -249,7 +409,7 @@ def predict_scene(
     options = options or InferenceOptions()
     card = predictor.card
     tile, overlap = options.resolve(card)
-    info, bands = check_scene(scene, card, options)
+    info, bands = check_scene(scene, card, options, on_cpu=not prefetch)
     indexes = [i + 1 for i in bands]
     outputs.refuse_existing(options.overwrite)
     grid = TileGrid(info.height, info.width, tile, overlap)

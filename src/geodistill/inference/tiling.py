@@ -12,6 +12,45 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from geodistill.errors import GeodistillError
+
+MIN_TILE = 16
+"""Smallest tile side accepted. The students' encoders halve the resolution up to five times, so
+a tile under 16 pixels reaches the deepest stages as a single pixel or less: the model sees no
+context, several architectures fail outright, and the per-tile overhead dominates."""
+
+
+def check_tile(tile: int, option: str = "--tile") -> int:
+    """Refuse a tile side below :data:`MIN_TILE` (``option`` names it the way the user typed)."""
+    if tile < MIN_TILE:
+        raise GeodistillError(
+            f"{option} {tile} is too small: the tile size must be at least {MIN_TILE} pixels "
+            "(the encoder downsamples each tile up to 32 times)"
+        )
+    return tile
+
+
+def check_overlap(overlap: int, tile: int | None) -> int:
+    """Refuse an overlap outside ``[0, tile/2]``: beyond half a tile, every pixel is predicted more
+    than twice per axis without blending any better, and ``overlap >= tile`` cannot advance.
+    ``tile`` None (not known yet) checks the sign only."""
+    if overlap < 0 or (tile is not None and overlap > tile // 2):
+        limit = "half the tile" if tile is None else f"half the tile ({tile // 2} for {tile})"
+        raise GeodistillError(
+            f"--overlap {overlap} is out of range: the overlap must be between 0 and {limit}"
+        )
+    return overlap
+
+
+def check_batch_size(batch_size: int) -> int:
+    """Refuse a batch of no tiles."""
+    if batch_size < 1:
+        raise GeodistillError(
+            f"--batch-size {batch_size} is out of range: the batch size (tiles predicted at once) "
+            "must be at least 1"
+        )
+    return batch_size
+
 
 def tile_origins(length: int, tile: int, stride: int) -> list[int]:
     """Tile start offsets covering ``[0, length)``, the last one flush with the end."""

@@ -28,11 +28,10 @@ from pyproj import Transformer
 from pyproj.exceptions import ProjError
 from rasterio import features
 from rasterio.crs import CRS
-from rasterio.errors import RasterioError
 from scipy import ndimage
 
-from geodistill.atomic import atomic_output
-from geodistill.data.raster import open_raster
+from geodistill.atomic import atomic_output, check_output
+from geodistill.data.raster import open_raster, reading
 from geodistill.data.vector import CLASSES_TAG
 from geodistill.errors import GeodistillError, GeodistillWarning
 from geodistill.inference.writer import CLASS_NAMES_TAG, PERCENT_SCALE, PREDICTION_NODATA
@@ -103,11 +102,9 @@ def vectorize_class_map(
     """
     class_map, output = Path(class_map), Path(output)
     driver = _driver(output)
-    summary_path = output.with_name(f"{output.stem}_summary.json")
-    if not overwrite:
-        for path in (output, summary_path):
-            if path.exists():
-                raise GeodistillError("output exists (use --overwrite to replace it)", path)
+    summary_path = summary_path_for(output)
+    for path in (output, summary_path):
+        check_output(path, "file", overwrite)
     if connectivity not in (4, 8):
         raise GeodistillError(f"connectivity must be 4 or 8, got {connectivity}")
     if not (min_area >= 0 and math.isfinite(min_area)):
@@ -171,6 +168,12 @@ def vectorize_class_map(
     return result
 
 
+def summary_path_for(output: str | Path) -> Path:
+    """The per-class summary written beside ``output``: ``<stem>_summary.json``."""
+    output = Path(output)
+    return output.with_name(f"{output.stem}_summary.json")
+
+
 def format_summary(result: VectorizeResult) -> str:
     """A small per-class table (polygons, km²) for the terminal."""
     width = max([len("total"), *(len(c.class_name) for c in result.classes)])
@@ -220,11 +223,9 @@ def _read_class_map(path: Path) -> tuple[np.ndarray, np.ndarray, _Grid]:
 def _read_band(src: rasterio.DatasetReader, path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Band 1 and its valid mask: not masked by the file, not its nodata (255 when undeclared)."""
     nodata = PREDICTION_NODATA if src.nodata is None else src.nodata
-    try:
+    with reading(path):
         values = src.read(1)
         valid = src.read_masks(1) > 0
-    except RasterioError as err:
-        raise GeodistillError(f"cannot read pixels ({err})", path) from err
     return values, valid & (values != nodata)
 
 

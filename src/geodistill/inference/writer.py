@@ -9,8 +9,6 @@ path only ever holds a complete file.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
@@ -24,8 +22,8 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from matplotlib import colormaps
 from rasterio.windows import Window
 
-from geodistill.atomic import atomic_output
-from geodistill.data.raster import RasterInfo, raster_info
+from geodistill.atomic import atomic_output, check_output, make_temp
+from geodistill.data.raster import RasterInfo, quiet_georeferencing, raster_info
 
 PREDICTION_NODATA = 255
 """Nodata value of every uint8 prediction raster (class map, confidence, probabilities)."""
@@ -81,11 +79,7 @@ class StreamingGeoTiff:
     def __enter__(self) -> StreamingGeoTiff:
         self._atomic = atomic_output(self.path, suffix=".tif.partial")
         self._final = self._atomic.__enter__()
-        handle, name = tempfile.mkstemp(
-            dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".stream.tif"
-        )
-        os.close(handle)
-        self._stream = Path(name)
+        self._stream = make_temp(self.path, suffix=".stream.tif")
         profile = {
             "driver": "GTiff",
             "width": self.like.width,
@@ -100,7 +94,8 @@ class StreamingGeoTiff:
             "blockysize": 512,
             "BIGTIFF": "IF_SAFER",
         }
-        self._dataset = rasterio.open(self._stream, "w", **profile)
+        with quiet_georeferencing():
+            self._dataset = rasterio.open(self._stream, "w", **profile)
         if self.descriptions:
             self._dataset.descriptions = tuple(self.descriptions)
         if self.tags:
@@ -171,11 +166,31 @@ def write_class_map(
 
 
 class GeoTiffPredictionWriter(BasePredictionWriter):
-    """Write each predicted chip as ``<output_dir>/<stem>_pred.tif`` on its source's grid."""
+    """Write each predicted chip as ``<output_dir>/<stem>_pred.tif`` on its source's grid.
 
-    def __init__(self, output_dir: str = "predictions") -> None:
+    Predictions already in ``output_dir`` are only replaced with ``overwrite``
+    (``--prediction_writer.overwrite=true``); the folder is checked when prediction starts.
+    """
+
+    OVERWRITE_OPTION = "--prediction_writer.overwrite=true"
+
+    def __init__(self, output_dir: str = "predictions", overwrite: bool = False) -> None:
         super().__init__(write_interval="batch")
         self.output_dir = Path(output_dir)
+        self.overwrite = overwrite
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """Refuse an unwritable output folder, or one holding predictions, before predicting."""
+        if stage != "predict":
+            return
+        check_output(
+            self.output_dir,
+            "folder",
+            self.overwrite,
+            option="--prediction_writer.output_dir",
+            replaces=lambda folder: sorted(folder.glob("*_pred.tif")),
+            overwrite_option=self.OVERWRITE_OPTION,
+        )
 
     def write_on_batch_end(
         self,

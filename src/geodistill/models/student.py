@@ -188,17 +188,10 @@ def create_student(
 
 
 def _read_state_dict(path: Path) -> dict[str, Tensor]:
-    if not path.exists():
-        raise GeodistillError("weights file does not exist", path)
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+    """The state dict of a local weights file, read weights-only (a pickle never runs code)."""
+    from geodistill.models.teachers.checkpoint import read_weights_file  # imports this module
 
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unreadable file is the user's bad input
-        raise GeodistillError(f"cannot read weights ({err})", path) from err
+    state = read_weights_file(path)
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     if not isinstance(state, dict):

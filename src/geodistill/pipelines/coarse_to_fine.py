@@ -9,9 +9,11 @@ methods are the entries of :data:`METHODS`; geodistill's own is ``attentive``.
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import json
 import math
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,11 +22,12 @@ from typing import Any, Literal
 import lightning as L
 from jsonargparse import ArgumentParser
 
-from geodistill.atomic import atomic_output
+from geodistill.atomic import atomic_output, check_output
 from geodistill.data import GeoSegDataModule
 from geodistill.data.datasets import Source
 from geodistill.errors import GeodistillError
 from geodistill.experiment import ExperimentResult, fit_and_test
+from geodistill.models.teachers.checkpoint import check_checkpoint
 from geodistill.tasks import CoarseToFineTask, SegmentationTask
 
 
@@ -228,40 +231,158 @@ def run_method(
     )
 
 
-def run_coarse_to_fine(config: CoarseToFineConfig) -> dict[str, dict[str, float]]:
+RESULTS_FILE = "results.json"
+RUN_RECORD = "run.json"
+"""Written into ``<output>/<method>/`` once a method is trained, tested (and exported): its
+metrics, checkpoint and the configuration fingerprint; what ``--resume`` trusts."""
+
+
+def existing_runs(output: Path) -> list[Path]:
+    """What an earlier run left in ``output``: ``results.json`` and the method folders."""
+    if not output.is_dir():
+        return []
+    found = [output / RESULTS_FILE] if (output / RESULTS_FILE).exists() else []
+    return found + sorted(p for p in output.iterdir() if p.name in METHODS and p.is_dir())
+
+
+def config_fingerprint(config: CoarseToFineConfig) -> str:
+    """Hash of everything that decides a method's result (not the output or the method list),
+    so ``--resume`` never mixes runs of two configurations."""
+    values = {k: v for k, v in asdict(config).items() if k not in ("output", "methods")}
+    text = json.dumps(values, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def check_output_folder(
+    config: CoarseToFineConfig, overwrite: bool = False, resume: bool = False, option: str = "-o"
+) -> Path:
+    """Refuse an output folder holding earlier runs unless ``overwrite`` or ``resume``, or one
+    that cannot be written (``option`` names where the user set it)."""
+    if overwrite and resume:
+        raise GeodistillError("--overwrite and --resume exclude each other: choose one")
+    return check_output(
+        config.output,
+        "folder",
+        overwrite or resume,
+        option,
+        replaces=existing_runs,
+        exists_hint=", or --resume to finish its runs",
+    )
+
+
+def _load_record(run_dir: Path, fingerprint: str) -> dict[str, Any] | None:
+    """The completed run recorded in ``run_dir``, or None when it has to run (again)."""
+    try:
+        record = json.loads((run_dir / RUN_RECORD).read_text())
+        metrics = {k: math.nan if v is None else float(v) for k, v in record["metrics"].items()}
+        checkpoint = str(record["checkpoint"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    if record.get("fingerprint") != fingerprint:
+        raise GeodistillError(
+            "was run with another configuration; pass --overwrite to start again", run_dir
+        )
+    if not Path(checkpoint).is_file():
+        return None
+    return {"metrics": metrics, "checkpoint": checkpoint, "seconds": record.get("seconds", 0.0)}
+
+
+def _save_record(
+    run_dir: Path,
+    metrics: dict[str, float],
+    checkpoint: str | Path,
+    seconds: float,
+    fingerprint: str,
+) -> None:
+    record = {
+        "fingerprint": fingerprint,
+        "metrics": _finite(metrics),
+        "checkpoint": str(checkpoint),
+        "seconds": seconds,
+    }
+    with atomic_output(run_dir / RUN_RECORD) as temporary:
+        temporary.write_text(json.dumps(record, indent=2) + "\n")
+
+
+def _clear(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def run_coarse_to_fine(
+    config: CoarseToFineConfig,
+    overwrite: bool = False,
+    resume: bool = False,
+    option: str = "-o",
+) -> dict[str, dict[str, float]]:
     """Stage 1 (unless ``teacher_checkpoint``), then every method; returns test metrics by name.
 
     Writes ``<output>/<method>/`` runs, ``<output>/results.json`` and the teacher-free student of
-    each distillation method as ``<output>/<method>/student.ckpt``.
+    each distillation method as ``<output>/<method>/student.ckpt``. An output folder holding
+    earlier runs is refused unless ``overwrite`` (they are removed first) or ``resume`` (methods
+    recorded as complete by the same configuration are kept, the others run again).
     """
     from geodistill.export import export_student
 
+    output = check_output_folder(config, overwrite, resume, option)
     check_config(config)
-    output = Path(config.output)
+    fingerprint = config_fingerprint(config)
+    first = ["coarse_only"] if config.teacher_checkpoint is None else []
+    needed = list(dict.fromkeys([*first, *config.methods]))  # the run folders this run writes
+    done: dict[str, dict[str, Any]] = {}
+    if resume:
+        for name in needed:
+            record = _load_record(output / name, fingerprint)
+            if record is not None:
+                done[name] = record
+    stale = existing_runs(output) if overwrite else []
+    stale += [output / n for n in needed if resume and n not in done and (output / n).exists()]
+    for path in stale:  # old runs would otherwise sit beside the new ones (best-v1.ckpt)
+        _clear(path)
+
     results: dict[str, dict[str, float]] = {}
     seconds: dict[str, float] = {}
     teacher = config.teacher_checkpoint
     if teacher is None or "coarse_only" in config.methods:
         start = time.perf_counter()
-        if teacher is None:
-            result = run_method("coarse_only", config, output / "coarse_only")
-            teacher = str(result.checkpoint)
-            results["coarse_only"] = result.metrics
+        if "coarse_only" in done:
+            results["coarse_only"] = done["coarse_only"]["metrics"]
+            teacher = teacher or done["coarse_only"]["checkpoint"]
+            seconds["coarse_only"] = done["coarse_only"]["seconds"]
         else:
-            results["coarse_only"] = _test_checkpoint(config, teacher, output / "coarse_only")
-        seconds["coarse_only"] = time.perf_counter() - start
+            if teacher is None:
+                result = run_method("coarse_only", config, output / "coarse_only")
+                teacher = str(result.checkpoint)
+                results["coarse_only"] = result.metrics
+            else:
+                results["coarse_only"] = _test_checkpoint(config, teacher, output / "coarse_only")
+            seconds["coarse_only"] = time.perf_counter() - start
+            _save_record(
+                output / "coarse_only",
+                results["coarse_only"],
+                teacher,
+                seconds["coarse_only"],
+                fingerprint,
+            )
     for name in config.methods:
         if name == "coarse_only":
+            continue
+        if name in done:
+            results[name] = done[name]["metrics"]
+            seconds[name] = done[name]["seconds"]
             continue
         start = time.perf_counter()
         result = run_method(name, config, output / name, teacher)
         results[name] = result.metrics
-        seconds[name] = time.perf_counter() - start
         if METHODS[name].kind == "distill":
             export_student(result.checkpoint, output / name / "student.ckpt", overwrite=True)
+        seconds[name] = time.perf_counter() - start
+        _save_record(output / name, result.metrics, result.checkpoint, seconds[name], fingerprint)
     ordered = {n: results[n] for n in BASELINE_ORDER if n in results}
     report = {"seed": config.seed, "teacher": teacher, "seconds": seconds, "results": ordered}
-    with atomic_output(output / "results.json") as temporary:
+    with atomic_output(output / RESULTS_FILE) as temporary:
         temporary.write_text(json.dumps(_finite(report), indent=2) + "\n")
     return ordered
 
@@ -279,6 +400,7 @@ def _test_checkpoint(
     config: CoarseToFineConfig, checkpoint: str, run_dir: Path
 ) -> dict[str, float]:
     datamodule = build_datamodule(config.data, train_on="coarse", seed=config.seed)
+    check_checkpoint(checkpoint)  # refuses a code-carrying pickle before Lightning reads it
     task = SegmentationTask.load_from_checkpoint(checkpoint, map_location="cpu")
     trainer = L.Trainer(
         default_root_dir=run_dir, logger=False, enable_model_summary=False, **config.trainer

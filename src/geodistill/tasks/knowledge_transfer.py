@@ -37,6 +37,7 @@ from geodistill.losses.distillation import prediction_distillation
 from geodistill.models.modulation import ModulationConfig, level_index
 from geodistill.models.student import SegmentationOutput, select_levels
 from geodistill.models.teachers import Teacher, TeacherOutput, TeacherSpec, build_teacher
+from geodistill.models.teachers.base import check_teacher_files
 from geodistill.tasks.distributed import attach_cache_rank_zero_first
 from geodistill.tasks.schedules import Schedule
 from geodistill.tasks.segmentation import SegmentationTask
@@ -126,6 +127,7 @@ class KnowledgeTransferTask(SegmentationTask):
                 f"model.cache_on_mismatch must be 'rebuild' or 'refuse', got {cache_on_mismatch!r}"
             )
         spec = TeacherSpec.from_value(teacher)
+        check_teacher_files([spec])  # before the trainer writes anything; built in setup("fit")
         student_levels = [str(level) for level in student_levels or DEFAULT_STUDENT_LEVELS]
         if spec.layers is not None and len(spec.layers) != len(student_levels):
             raise _level_mismatch(len(student_levels), len(spec.layers), spec.path)

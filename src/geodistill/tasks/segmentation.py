@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import Tensor
 
-from geodistill.errors import GeodistillError
+from geodistill.errors import GeodistillError, GeodistillWarning
 from geodistill.losses import build_segmentation_loss
 from geodistill.metrics import SegmentationMetrics, metrics_to_json, metrics_to_markdown
 from geodistill.models import SegmentationModel, create_student
@@ -71,13 +73,15 @@ class SegmentationTask(L.LightningModule):
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is None:
             return
-        self._check_data(datamodule)
+        self.check_data(datamodule)
         self.band_names = list(datamodule.band_names)
         self.tile_size = getattr(datamodule, "patch_size", self.tile_size)
         if stage == "fit" and datamodule.band_stats is not None:
             self.model.normalizer.set_stats(datamodule.band_stats)
 
-    def _check_data(self, datamodule: Any) -> None:
+    def check_data(self, datamodule: Any) -> None:
+        """Refuse data whose band or class count differs from the model's (also run by the CLI
+        before the trainer starts, so nothing is written for such data)."""
         if datamodule.num_bands != self.hparams.in_channels:
             raise GeodistillError(
                 f"the model takes {self.hparams.in_channels} bands, the data has "
@@ -104,7 +108,16 @@ class SegmentationTask(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         results = self.val_metrics.compute()
-        self.log("val/mIoU", results.pop("mIoU"), prog_bar=True)
+        miou = results.pop("mIoU")
+        sanity = self._trainer is not None and self._trainer.sanity_checking
+        if bool(torch.isnan(torch.as_tensor(miou))) and not sanity:
+            warnings.warn(
+                "val/mIoU is NaN: no labelled pixel of the validation split was scored (are its "
+                "images nodata?); no best checkpoint is chosen on it",
+                GeodistillWarning,
+                stacklevel=1,  # here: main ignores UserWarnings issued from lightning's modules
+            )
+        self.log("val/mIoU", miou, prog_bar=True)
         self.log_dict({f"val/{k}": v for k, v in results.items()})
         self.val_metrics.reset()
 
@@ -160,12 +173,33 @@ class SegmentationTask(L.LightningModule):
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer else None
         current = getattr(datamodule, "band_names", None)
         path = getattr(self._trainer, "ckpt_path", None) if self._trainer else None
-        if current is not None and list(current) != list(saved):
-            raise GeodistillError(
-                f"the checkpoint was trained on {len(saved)} bands ({', '.join(saved)}), "
-                f"the data has {len(current)} ({', '.join(current)})",
-                path,
-            )
+        if current is not None:
+            check_band_names(saved, current, path)
         self.band_names = list(saved)
         self.class_names = list(meta.get("class_names", self.class_names))
         self.tile_size = meta.get("tile_size", self.tile_size)
+
+
+def check_band_names(saved: list[str], current: list[str], path: str | Path | None) -> None:
+    """Refuse data whose bands differ from those the checkpoint at ``path`` was trained on."""
+    if list(current) != list(saved):
+        raise GeodistillError(
+            f"the checkpoint was trained on {len(saved)} bands ({', '.join(saved)}), "
+            f"the data has {len(current)} ({', '.join(current)})",
+            path,
+        )
+
+
+class BestCheckpoint(ModelCheckpoint):
+    """A :class:`ModelCheckpoint` that never records a NaN score as the best.
+
+    Lightning 2.6 turns a NaN monitored value into -inf (mode max) and still saves it while fewer
+    than ``save_top_k`` checkpoints exist, so a run whose validation mIoU is NaN (no labelled
+    pixel scored) would keep a "best" checkpoint chosen on NaN. Here a NaN epoch is skipped;
+    ``save_last`` still keeps the last one.
+    """
+
+    def check_monitor_top_k(self, trainer: L.Trainer, current: Tensor | None = None) -> bool:
+        if current is not None and bool(torch.isnan(torch.as_tensor(current)).any()):
+            return False
+        return super().check_monitor_top_k(trainer, current)

@@ -73,6 +73,7 @@ from geodistill.models.fusion import (
 )
 from geodistill.models.student import SegmentationOutput
 from geodistill.models.teachers import Teacher, TeacherSpec, build_teacher
+from geodistill.models.teachers.base import check_teacher_files
 from geodistill.tasks.distributed import attach_cache_rank_zero_first
 from geodistill.tasks.schedules import Schedule
 from geodistill.tasks.segmentation import SegmentationTask
@@ -216,6 +217,7 @@ class SemiSupervisedTask(SegmentationTask):
         cache_dtype: str = "float16",
     ) -> None:
         specs = [TeacherSpec.from_value(t) for t in teachers or []]
+        check_teacher_files(specs)  # before the trainer writes anything; built in setup("fit")
         _check_settings(threshold, ema_decay, unsup_weight, distill_weight, distill_loss)
         check_hidden(translator_hidden, "model.translator_hidden")
         if cache_on_mismatch not in ("rebuild", "refuse"):

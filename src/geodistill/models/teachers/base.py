@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -275,6 +275,38 @@ def register_teacher(kind: str) -> Callable[[TeacherBuilder], TeacherBuilder]:
         return builder
 
     return decorate
+
+
+TeacherFileCheck = Callable[[TeacherSpec], None]
+"""Refuses a spec's (existing) file with a :class:`GeodistillError`, without building anything."""
+
+TEACHER_FILE_CHECKS: dict[str, TeacherFileCheck] = {}
+"""Per kind, the check of a teacher file that runs when a task is constructed; see
+:func:`check_teacher_files`."""
+
+
+def register_teacher_check(kind: str) -> Callable[[TeacherFileCheck], TeacherFileCheck]:
+    """Decorator that registers the file check of teacher kind ``kind``."""
+
+    def decorate(check: TeacherFileCheck) -> TeacherFileCheck:
+        TEACHER_FILE_CHECKS[kind] = check
+        return check
+
+    return decorate
+
+
+def check_teacher_files(specs: Iterable[TeacherSpec]) -> None:
+    """Refuse a bad teacher file when the task is constructed, before a trainer writes anything.
+
+    Teachers are built at ``setup("fit")``, after Lightning has written the run's config and log
+    folder; a tampered or broken checkpoint must be refused before that. A missing file is left to
+    :func:`build_teacher`: a task that never runs its teacher (no distillation weight, testing a
+    checkpoint) does not need it.
+    """
+    for spec in specs:
+        check = TEACHER_FILE_CHECKS.get(spec.kind)
+        if check is not None and spec.path is not None and Path(spec.path).exists():
+            check(spec)
 
 
 def build_teacher(spec: TeacherSpec | dict[str, Any] | str, student_bands: list[str]) -> Teacher:

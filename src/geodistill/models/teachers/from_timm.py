@@ -19,8 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import timm
-from timm.models import PretrainedCfg, get_pretrained_cfg
-from timm.models import load_state_dict as timm_load_state_dict
+from timm.models import PretrainedCfg, clean_state_dict, get_pretrained_cfg
 from torch import Tensor, nn
 
 from geodistill.errors import GeodistillError
@@ -32,8 +31,13 @@ from geodistill.models.teachers.base import (
     TeacherOutput,
     TeacherSpec,
     register_teacher,
+    register_teacher_check,
 )
-from geodistill.models.teachers.checkpoint import freeze
+from geodistill.models.teachers.checkpoint import (
+    check_weights_file,
+    freeze,
+    read_weights_file,
+)
 
 RGB_BANDS = ["red", "green", "blue"]
 """What the three input channels of a timm (ImageNet, DINOv2, CLIP) model hold, for mapping by
@@ -79,16 +83,21 @@ def pretrained_config(arch: str, path: str | Path | None = None) -> PretrainedCf
     return config or PretrainedCfg()
 
 
+STATE_DICT_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model")
+"""Where training checkpoints keep their weights, in timm's order of preference (EMA first)."""
+
+
 def read_weights(path: str | Path) -> dict[str, Tensor]:
-    """A state dict from a ``.pt``/``.pth``/``.safetensors`` file, read by timm (nested
-    ``state_dict``/``model``/EMA entries and ``module.`` prefixes handled)."""
-    try:
-        state = timm_load_state_dict(str(path))
-    except Exception as error:  # noqa: BLE001 - torch/safetensors raise many types
-        raise GeodistillError(f"cannot read the weights file ({_summary(error)})", path) from error
-    if not isinstance(state, dict) or not state:
+    """A state dict from a ``.pt``/``.pth``/``.safetensors`` file, read weights-only (a pickle
+    never runs code), with timm's handling of nested ``state_dict``/``model``/EMA entries and
+    ``module.`` prefixes."""
+    stored = read_weights_file(path)
+    if isinstance(stored, dict):
+        key = next((k for k in STATE_DICT_KEYS if isinstance(stored.get(k), dict)), None)
+        stored = stored[key] if key else stored
+    if not isinstance(stored, dict) or not stored:
         raise GeodistillError("the weights file holds no state dict", path)
-    return state
+    return clean_state_dict(stored)
 
 
 def _classifier_rows(state: dict[str, Tensor], config: PretrainedCfg) -> int:
@@ -297,6 +306,15 @@ def build_timm_teacher(
         spec, len(indices), default_normalization, cycle_from=file_chans
     )
     return Teacher(network, indices, normalization, spec)
+
+
+@register_teacher_check("timm")
+@register_teacher_check("torchgeo")
+def check_weights_teacher(spec: TeacherSpec) -> None:
+    """A timm/torchgeo teacher's weights file, checked when its task is constructed: a pickle
+    that would run code is refused before training writes anything (reads the pickle only)."""
+    if spec.path is not None:
+        check_weights_file(spec.path)
 
 
 @register_teacher("timm")

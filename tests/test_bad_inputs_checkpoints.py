@@ -1,0 +1,280 @@
+"""Bad-input catalogue, checkpoints: loading one can never run code, and every broken one is one
+clear line.
+
+A real checkpoint with a pickle payload (:func:`harness.payload_checkpoint`) goes to every command
+that reads checkpoints (export, infer, coarse-to-fine ``--teacher``, ``fit`` with a
+``geodistill`` teacher of each distillation task): the payload's marker file never appears, the
+exit status is 2 with one line naming the checkpoint, and the output path is untouched. Files
+that are broken without malice (truncated, random bytes, missing, a folder, no state_dict, an ONNX
+model) get the same treatment from export and infer. Real checkpoints of every task still load.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from fixtures_small import CLASSES, TINY_MODEL, config_dict, torch_threads, write_config
+from harness import Payload, assert_refused, payload_checkpoint, run_cli, tree_state
+
+from geodistill.errors import GeodistillError
+from geodistill.export import export_student
+from geodistill.models.teachers.checkpoint import (
+    check_checkpoint,
+    read_checkpoint,
+    read_weights_file,
+)
+
+LEVELS = ["encoder.-3", "encoder.-2", "encoder.-1"]
+CODE = "could run code"
+"""The words every refusal of a code-carrying pickle uses."""
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    with torch_threads(1):
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # stray relative outputs would show up here
+
+
+@pytest.fixture
+def payload(trained_run, tmp_path) -> tuple[Path, Path]:
+    """(a real checkpoint carrying a payload, the marker file its unpickling would create)."""
+    marker = tmp_path / "marker"
+    return payload_checkpoint(trained_run["last"], tmp_path / "payload.ckpt", marker), marker
+
+
+# --------------------------------------------------------------------------------------------
+# the payload, through every command that reads checkpoints
+
+
+def _export_ckpt(ckpt: Path, run: dict[str, Any], tmp: Path) -> tuple[list[str], Path]:
+    return ["export", str(ckpt), "-o", str(tmp / "student.ckpt")], tmp / "student.ckpt"
+
+
+def _export_onnx(ckpt: Path, run: dict[str, Any], tmp: Path) -> tuple[list[str], Path]:
+    return ["export", str(ckpt), "-o", str(tmp / "student.onnx")], tmp / "student.onnx"
+
+
+def _infer(ckpt: Path, run: dict[str, Any], tmp: Path) -> tuple[list[str], Path]:
+    images = run["data"] / "images" / "chip_00.tif"
+    return ["infer", str(ckpt), str(images), "-o", str(tmp / "maps"), "--quiet"], tmp / "maps"
+
+
+def _coarse_to_fine(ckpt: Path, run: dict[str, Any], tmp: Path) -> tuple[list[str], Path]:
+    domain = {"images": str(run["data"] / "images"), "labels": str(run["data"] / "labels")}
+    config = {
+        "output": str(tmp / "c2f"),
+        "methods": ["attentive"],
+        "teacher": {"max_epochs": 1, "model": {**TINY_MODEL, "lr": 0.01}},
+        "student": {"max_epochs": 1, "model": {"temperature": 2.0}},
+        "trainer": {"accelerator": "cpu", "enable_progress_bar": False},
+        "data": {
+            "classes": CLASSES,
+            "coarse": {"train": domain},
+            "fine": {"train": domain, "test": domain, "val_fraction": 0.25},
+            "patch_size": 64,
+            "batch_size": 2,
+            "cache": True,
+        },
+    }
+    path = write_config(tmp / "c2f.yaml", config)
+    return ["coarse-to-fine", "--config", str(path), "--teacher", str(ckpt)], tmp / "c2f"
+
+
+def _fit(task: str, teacher: Callable[[Path], dict[str, Any]]):
+    """A ``fit`` command whose model, the distillation task ``task``, takes the checkpoint as
+    teacher through the init arguments ``teacher(checkpoint)``."""
+
+    def command(ckpt: Path, run: dict[str, Any], tmp: Path) -> tuple[list[str], Path]:
+        config = config_dict(run["data"], tmp / "fit", max_epochs=1)
+        init = {**TINY_MODEL, "loss": "ce", "lr": 0.01, "warmup_fraction": 0.0, **teacher(ckpt)}
+        config["model"] = {"class_path": f"geodistill.tasks.{task}", "init_args": init}
+        return ["fit", "--config", str(write_config(tmp / "fit.yaml", config))], tmp / "fit"
+
+    return command
+
+
+def _spec(ckpt: Path) -> dict[str, Any]:
+    return {"kind": "geodistill", "path": str(ckpt), "layers": LEVELS}
+
+
+PAYLOAD_COMMANDS: dict[str, Callable[[Path, dict[str, Any], Path], tuple[list[str], Path]]] = {
+    "export -o x.ckpt": _export_ckpt,
+    "export -o x.onnx": _export_onnx,
+    "infer": _infer,
+    "coarse-to-fine --teacher": _coarse_to_fine,
+    "fit KTDA teacher": _fit(
+        "KnowledgeTransferTask",
+        lambda ckpt: {"teacher": _spec(ckpt), "student_levels": LEVELS, "modulation": None},
+    ),
+    "fit semi-supervised teachers": _fit(
+        "SemiSupervisedTask", lambda ckpt: {"teachers": [_spec(ckpt)]}
+    ),
+    "fit coarse-to-fine teacher": _fit("CoarseToFineTask", lambda ckpt: {"teacher": str(ckpt)}),
+    "fit weights": _fit("SegmentationTask", lambda ckpt: {"weights": str(ckpt)}),
+    "fit timm teacher": _fit(
+        "KnowledgeTransferTask",
+        lambda ckpt: {
+            "teacher": {"kind": "timm", "arch": "resnet18", "path": str(ckpt), "layers": [2, 3, 4]},
+            "student_levels": LEVELS,
+            "modulation": None,
+        },
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(PAYLOAD_COMMANDS))
+def test_a_checkpoint_carrying_code_is_refused_unrun(case, payload, trained_run, tmp_path, capsys):
+    checkpoint, marker = payload
+    args, output = PAYLOAD_COMMANDS[case](checkpoint, trained_run, tmp_path)
+    before = tree_state(output)
+    outcome = run_cli(capsys, *args)
+    assert not marker.exists(), "the payload ran"
+    assert_refused(outcome, str(checkpoint), "refused", "`io.open`", CODE)
+    assert tree_state(output) == before
+
+
+# --------------------------------------------------------------------------------------------
+# broken without malice: export and infer
+
+
+def _truncated(last: Path, tmp: Path) -> Path:
+    data = last.read_bytes()
+    (tmp / "truncated.ckpt").write_bytes(data[: len(data) // 2])
+    return tmp / "truncated.ckpt"
+
+
+def _random_bytes(last: Path, tmp: Path) -> Path:
+    (tmp / "random.ckpt").write_bytes(bytes(range(256)) * 64)
+    return tmp / "random.ckpt"
+
+
+def _empty(last: Path, tmp: Path) -> Path:
+    (tmp / "empty.ckpt").write_bytes(b"")
+    return tmp / "empty.ckpt"
+
+
+def _folder(last: Path, tmp: Path) -> Path:
+    (tmp / "folder.ckpt").mkdir()
+    return tmp / "folder.ckpt"
+
+
+def _no_state_dict(last: Path, tmp: Path) -> Path:
+    torch.save({"epoch": 1, "hyper_parameters": {}}, tmp / "no_state.ckpt")
+    return tmp / "no_state.ckpt"
+
+
+def _not_a_dict(last: Path, tmp: Path) -> Path:
+    torch.save([torch.zeros(2)], tmp / "list.ckpt")
+    return tmp / "list.ckpt"
+
+
+def _plain_pickle(last: Path, tmp: Path) -> Path:
+    (tmp / "pickled.ckpt").write_bytes(pickle.dumps({"state_dict": {}}))
+    return tmp / "pickled.ckpt"
+
+
+def _unknown_global(last: Path, tmp: Path) -> Path:
+    checkpoint = read_checkpoint(last)
+    checkpoint["hyper_parameters"]["odd"] = Odd()
+    torch.save(checkpoint, tmp / "odd.ckpt")
+    return tmp / "odd.ckpt"
+
+
+class Odd:
+    """A harmless object of a type no geodistill checkpoint holds."""
+
+
+BROKEN: dict[str, tuple[Callable[[Path, Path], Path], tuple[str, ...]]] = {
+    "truncated": (_truncated, ("truncated or not a PyTorch file",)),
+    "random bytes": (_random_bytes, ("truncated or not a PyTorch file",)),
+    "empty file": (_empty, ("truncated or not a PyTorch file",)),
+    "plain pickle": (_plain_pickle, ("truncated or not a PyTorch file",)),
+    "missing": (lambda last, tmp: tmp / "missing.ckpt", ("no such",)),
+    "folder": (_folder, ("folder",)),
+    "no state_dict": (_no_state_dict, ("no state_dict",)),
+    "not a dict": (_not_a_dict, ("holds a list",)),
+    "unknown global": (_unknown_global, ("refused", "Odd`", CODE)),
+}
+
+
+@pytest.mark.parametrize("command", ["export", "infer"])
+@pytest.mark.parametrize("case", list(BROKEN))
+def test_a_broken_checkpoint_is_one_line(case, command, trained_run, tmp_path, capsys):
+    make, needles = BROKEN[case]
+    checkpoint = make(trained_run["last"], tmp_path)
+    if command == "export":
+        output = tmp_path / "student.ckpt"
+        args = ["export", str(checkpoint), "-o", str(output)]
+    else:
+        output = tmp_path / "maps"
+        images = trained_run["data"] / "images" / "chip_00.tif"
+        args = ["infer", str(checkpoint), str(images), "-o", str(output), "--quiet"]
+    before = tree_state(output)
+    outcome = run_cli(capsys, *args)
+    assert_refused(outcome, str(checkpoint), *needles)
+    assert tree_state(output) == before
+
+
+@pytest.mark.parametrize("name", ["model.onnx", "scene.tif", "weights"])
+def test_export_needs_a_ckpt(name, tmp_path, capsys):
+    source = tmp_path / name
+    source.write_bytes(b"\x08\x07\x12\x04onnx")  # the bytes never matter: refused by kind
+    output = tmp_path / "student.ckpt"
+    outcome = run_cli(capsys, "export", str(source), "-o", str(output))
+    line = assert_refused(outcome, str(source), "export needs a geodistill .ckpt checkpoint")
+    assert ("ONNX model" in line) == name.endswith(".onnx")
+    assert tree_state(output) == {}
+
+
+# --------------------------------------------------------------------------------------------
+# what the project wrote keeps loading; weights files follow the same rule
+
+
+def test_the_project_checkpoints_load_weights_only(trained_run, tmp_path):
+    last = trained_run["last"]
+    checkpoint = read_checkpoint(last)
+    assert any(key.startswith("model.") for key in checkpoint["state_dict"])
+    assert torch.serialization.get_unsafe_globals_in_checkpoint(last) == []
+    check_checkpoint(last)
+    student = export_student(last, tmp_path / "student.ckpt")  # an exported student, too
+    assert torch.serialization.get_unsafe_globals_in_checkpoint(student) == []
+    assert read_checkpoint(student)["state_dict"].keys() <= checkpoint["state_dict"].keys()
+    # a task built in Python may record paths (teacher=Path(...)); the legacy format loads too
+    checkpoint["hyper_parameters"]["teacher"] = Path("/somewhere/teacher.ckpt")
+    torch.save(checkpoint, tmp_path / "path.ckpt")
+    torch.save(checkpoint, tmp_path / "legacy.ckpt", _use_new_zipfile_serialization=False)
+    for name in ("path.ckpt", "legacy.ckpt"):
+        again = read_checkpoint(tmp_path / name)
+        assert again["hyper_parameters"]["teacher"] == Path("/somewhere/teacher.ckpt")
+        assert again["state_dict"].keys() == checkpoint["state_dict"].keys()
+
+
+def test_weights_files_are_read_weights_only(trained_run, tmp_path):
+    marker = tmp_path / "marker"
+    weights = payload_checkpoint(trained_run["last"], tmp_path / "encoder.pth", marker)
+    with pytest.raises(GeodistillError, match="refused: the weights file's pickle") as error:
+        read_weights_file(weights)
+    assert str(weights) in str(error.value) and "\n" not in str(error.value)
+    legacy = tmp_path / "legacy.pth"
+    state = {"state_dict": {"w": torch.zeros(2)}, "args": __import__("argparse").Namespace(a=1)}
+    torch.save({**state, "payload": Payload(marker)}, legacy, _use_new_zipfile_serialization=False)
+    with pytest.raises(GeodistillError, match="`io.open`"):
+        read_weights_file(legacy)
+    assert not marker.exists()
+    torch.save(state, tmp_path / "timm_training.pth")  # timm records its args as a Namespace
+    assert read_weights_file(tmp_path / "timm_training.pth")["args"].a == 1
+    broken = tmp_path / "encoder.safetensors"
+    broken.write_bytes(b"\xff" * 64)
+    with pytest.raises(GeodistillError, match="not a readable safetensors file") as error:
+        read_weights_file(broken)
+    assert str(broken) in str(error.value) and "\n" not in str(error.value)
