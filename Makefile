@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/geodistill demo
+	$(BIN)/geodistill demo --overwrite
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -13,7 +13,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import NoReturn, TextIO
 
-from geodistill.errors import GeodistillError, GeodistillWarning
+from geodistill.errors import GeodistillError, GeodistillWarning, user_error
 
 USAGE = """usage: geodistill [--debug] COMMAND ...
 
@@ -79,32 +79,6 @@ def run(argv: Sequence[str]) -> None:
         return
     parsed = _tool_parser().parse_args(args)
     parsed.func(parsed)
-
-
-_WORKER_PREFIX = "Caught GeodistillError in DataLoader worker"
-
-
-def user_error(err: BaseException) -> GeodistillError | None:
-    """The :class:`GeodistillError` behind ``err``, if any.
-
-    jsonargparse wraps errors raised while instantiating the model or data in a ``ValueError``
-    with the original as its ``__cause__`` (only explicit causes are followed, so a bug raised
-    while handling a user error is not hidden). PyTorch re-raises an error from a DataLoader
-    worker as a new exception whose message holds the worker's whole traceback. Both are
-    unwrapped to the one-line message meant for the user.
-    """
-    seen: set[int] = set()
-    current: BaseException | None = err
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, GeodistillError):
-            message = str(current)
-            if message.startswith(_WORKER_PREFIX):
-                tail = message.rstrip().rsplit("GeodistillError: ", 1)[-1]
-                return GeodistillError(tail)
-            return current
-        current = current.__cause__
-    return None
 
 
 ShowWarning = Callable[..., None]
