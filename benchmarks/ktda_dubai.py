@@ -47,10 +47,10 @@ import torch
 
 from geodistill.data import Domain, GeoSegDataModule, Source
 from geodistill.data.raster import raster_info
+from geodistill.data.tiling import tile_origins
 from geodistill.experiment import fit_and_test
 from geodistill.export import export_student
-from geodistill.inference.tiling import tile_origins
-from geodistill.models.teachers.checkpoint import check_checkpoint
+from geodistill.models.checkpoint import check_checkpoint
 from geodistill.tasks import KnowledgeTransferTask, SegmentationTask
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

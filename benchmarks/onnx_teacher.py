@@ -58,9 +58,9 @@ from report import command, hardware, write_results
 
 from geodistill.data import Domain, GeoSegDataModule, Source
 from geodistill.data.raster import open_raster, read_pixels
+from geodistill.data.tiling import tile_origins
 from geodistill.errors import GeodistillError
 from geodistill.export import export_student
-from geodistill.inference.tiling import tile_origins
 from geodistill.metrics import SegmentationMetrics
 from geodistill.models.teachers import Teacher, build_teacher
 from geodistill.tasks import KnowledgeTransferTask, SegmentationTask

@@ -97,7 +97,7 @@ from geodistill.demo import DEMO_MODEL
 from geodistill.errors import GeodistillError
 from geodistill.experiment import fit_and_test
 from geodistill.export import export_student
-from geodistill.models.teachers.checkpoint import check_checkpoint
+from geodistill.models.checkpoint import check_checkpoint
 from geodistill.tasks import SegmentationTask, SemiSupervisedTask
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -23,11 +23,8 @@ from harness import Payload, assert_refused, payload_checkpoint, run_cli, tree_s
 
 from geodistill.errors import GeodistillError
 from geodistill.export import export_student
-from geodistill.models.teachers.checkpoint import (
-    check_checkpoint,
-    read_checkpoint,
-    read_weights_file,
-)
+from geodistill.models.checkpoint import check_checkpoint, read_checkpoint
+from geodistill.models.safe_load import read_weights_file
 
 LEVELS = ["encoder.-3", "encoder.-2", "encoder.-1"]
 CODE = "could run code"

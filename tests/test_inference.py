@@ -18,19 +18,20 @@ import rasterio
 import torch
 from fixtures_small import CRS, TINY_MODEL, chip_transform, cli, torch_threads, write_tif
 
+from geodistill.data.tiling import tile_origins
 from geodistill.errors import GeodistillError, GeodistillWarning
 from geodistill.export import export_student
 from geodistill.inference import (
     InferenceOptions,
-    ModelCard,
     SceneOutputs,
     infer_scenes,
     load_predictor,
     predict_scene,
 )
-from geodistill.inference.predictors import ONNX_METADATA_KEY, softmax
-from geodistill.inference.tiling import TileGrid, tile_origins
+from geodistill.inference.predictors import softmax
+from geodistill.inference.tiling import TileGrid
 from geodistill.inference.writer import PREDICTION_NODATA
+from geodistill.models.checkpoint import ONNX_METADATA_KEY, ModelCard
 from geodistill.tasks import SegmentationTask
 
 BANDS = ["b0", "b1", "b2", "b3"]

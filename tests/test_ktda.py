@@ -42,6 +42,7 @@ from geodistill.inference.predictors import load_checkpoint_predictor
 from geodistill.losses.alignment import FeatureAlignment, alignment_loss, alignment_terms
 from geodistill.losses.distillation import prediction_distillation
 from geodistill.models import create_student
+from geodistill.models.checkpoint import network_from_checkpoint, read_checkpoint
 from geodistill.models.modulation import (
     ChannelLayerNorm,
     EfficientSelfAttention,
@@ -53,7 +54,6 @@ from geodistill.models.modulation import (
 )
 from geodistill.models.student import select_levels
 from geodistill.models.teachers import TeacherSpec, build_teacher
-from geodistill.models.teachers.checkpoint import network_from_checkpoint, read_checkpoint
 from geodistill.tasks import KnowledgeTransferTask, SegmentationTask
 
 BANDS = ["b0", "b1", "b2", "b3"]

@@ -50,9 +50,9 @@ from geodistill.data.perturbations import (
 from geodistill.errors import GeodistillError
 from geodistill.export import export_student
 from geodistill.models import create_student
+from geodistill.models.checkpoint import network_from_checkpoint, read_checkpoint
 from geodistill.models.fusion import FeatureFusion, FusionConfig, Translator
 from geodistill.models.teachers import build_teacher
-from geodistill.models.teachers.checkpoint import network_from_checkpoint, read_checkpoint
 from geodistill.tasks import SegmentationTask, SemiSupervisedTask
 from geodistill.tasks.semi_supervised import (
     CachedTeachersDataset,

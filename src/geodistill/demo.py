@@ -7,14 +7,21 @@ coarse labels, then a region-B student with attentive distillation, next to the 
 baseline trained on the same few exact labels. Both are tested on held-out region-B chips and map
 a whole scene to georeferenced GeoTIFFs; metrics, a side-by-side figure and the teacher-free
 student are written to the output folder.
+
+While it runs, the demo says what it does: each stage is announced (what is trained on what, and
+why) with one progress line and its time left (:mod:`geodistill.progress`), library chatter is
+kept out unless ``verbose``, and it ends with the results table and the list of its outputs.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 import lightning as L
 import numpy as np
@@ -31,13 +38,18 @@ from geodistill.pipelines.coarse_to_fine import (
     run_coarse_to_fine,
     write_results_table,
 )
+from geodistill.progress import RunProgress, format_duration, quiet_libraries
 from geodistill.reporting import save_panels
+from geodistill.webmap import write_web_map
 
 DEMO_EPOCHS = {"teacher": 4, "student": 10}
 DEMO_MODEL = {"arch": "unet", "encoder": "resnet18", "loss": {"ce": 1.0, "dice": 1.0}, "lr": 2e-3}
-DEMO_METHODS = ["fine_only", "attentive"]
+DEMO_METHODS = ["attentive", "fine_only"]
+"""Run in this order after the teacher: the method (stage 2), then its baseline (stage 3)."""
+STAGE_ORDER = ["coarse_only", *DEMO_METHODS]
 N_FINE = 6
 """Exact region-B chips: 4 train the students, 2 select their checkpoints (val_fraction 1/3)."""
+VAL_FRACTION = 1 / 3
 
 
 def demo_config(
@@ -58,7 +70,7 @@ def demo_config(
             "fine": {
                 "train": {"images": str(data.fine_images), "labels": str(data.fine_labels)},
                 "test": {"images": str(data.test_images), "labels": str(data.test_labels)},
-                "val_fraction": 1 / 3,
+                "val_fraction": VAL_FRACTION,
             },
             "patch_size": 96,
             "crops_per_image": 8,
@@ -77,7 +89,7 @@ def demo_config(
     )
 
 
-DEMO_OUTPUTS = ("data", "runs", "metrics.md", "figure.png", "summary.json")
+DEMO_OUTPUTS = ("data", "runs", "metrics.md", "figure.png", "summary.json", "map.html")
 """What a demo writes into its folder (besides ``metrics_<method>.json`` and ``scene_*.tif``)."""
 
 
@@ -93,78 +105,220 @@ def check_demo_output(output: Path, overwrite: bool = False, option: str = "-o")
     return check_output(output, "folder", overwrite, option, replaces=demo_outputs)
 
 
+@dataclass(frozen=True)
+class DemoCounts:
+    """How many chips each part of the demo dataset holds (for the stage announcements)."""
+
+    coarse: int
+    fine_train: int
+    fine_val: int
+    test: int
+    scene: tuple[int, int]
+
+    @classmethod
+    def of(cls, data: DemoDataset) -> DemoCounts:
+        """Count the chips ``data`` holds; the fine split follows :data:`VAL_FRACTION` as the
+        data module does."""
+        fine = len(list(data.fine_images.glob("*.tif")))
+        val = int(round(VAL_FRACTION * fine))
+        with rasterio.open(data.scene_image) as src:
+            scene = (src.height, src.width)
+        return cls(
+            coarse=len(list(data.coarse_images.glob("*.tif"))),
+            fine_train=fine - val,
+            fine_val=val,
+            test=len(list(data.test_images.glob("*.tif"))),
+            scene=scene,
+        )
+
+
+def _epochs(count: int) -> str:
+    return f"{count} epoch{'s' if count != 1 else ''}"
+
+
+def stage_texts(counts: DemoCounts, epochs: dict[str, int]) -> dict[str, str]:
+    """The three stages in a newcomer's words: what is trained on what, and why."""
+    teacher, student = _epochs(epochs["teacher"]), _epochs(epochs["student"])
+    return {
+        "coarse_only": (
+            f"teacher on region A's coarse outlines ({counts.coarse} chips, "
+            f"{teacher}) — the plentiful, generous labels"
+        ),
+        "attentive": (
+            f"student on {counts.fine_train} exact region-B chips, distilled from the teacher "
+            f"(attentive, {student}) — the few exact labels plus what the "
+            "teacher knows"
+        ),
+        "fine_only": (
+            f"baseline fine_only on the same {counts.fine_train} chips, no teacher "
+            f"({student}) — what the exact labels give alone"
+        ),
+    }
+
+
+def results_text(
+    results: dict[str, dict[str, float]], scene_accuracy: dict[str, float]
+) -> list[str]:
+    """The results as an aligned plain-text table in stage order (one run: values, no spread)."""
+    learned = {
+        "coarse_only": "region-A coarse labels (teacher)",
+        "fine_only": "region-B exact labels only",
+        "attentive": "exact labels + teacher (distilled)",
+    }
+    lines = [
+        f"  {'method':<12} {'learned from':<35} {'test mIoU':>9} {'boundary F1':>11} "
+        f"{'scene acc.':>10}"
+    ]
+    for name in sorted(results, key=lambda n: STAGE_ORDER.index(n) if n in STAGE_ORDER else 99):
+        metrics = results[name]
+        accuracy = scene_accuracy.get(name)
+        lines.append(
+            f"  {name:<12} {learned.get(name, ''):<35} {100 * metrics['mIoU']:9.1f} "
+            f"{100 * metrics['boundary_F1']:11.1f} "
+            + (f"{100 * accuracy:10.1f}" if accuracy is not None else f"{'–':>10}")
+        )
+    return lines
+
+
 def run_demo(
     output: Path,
     seed: int = 0,
     epochs: dict[str, int] | None = None,
     dataset: dict[str, int] | None = None,
     overwrite: bool = False,
+    verbose: bool = False,
+    stream: TextIO | None = None,
 ) -> str:
-    """Run the demo into ``output`` and return a short text summary.
+    """Run the demo into ``output`` and return the results table and the list of its outputs.
 
     ``epochs`` overrides :data:`DEMO_EPOCHS` (keys ``teacher``, ``student``); ``dataset``
     overrides :func:`~geodistill.data.synthetic.write_demo_dataset` sizes (a quicker, smaller
     demo). A folder holding an earlier demo is refused unless ``overwrite``, which removes its
-    dataset and runs first (a smaller dataset would otherwise keep the old chips).
+    dataset and runs first (a smaller dataset would otherwise keep the old chips). The stages are
+    announced on ``stream`` (default stderr) with a progress line each; ``verbose`` also shows
+    Lightning's own messages (silenced otherwise).
     """
     start = time.perf_counter()
     check_demo_output(output, overwrite)
+    stream = stream if stream is not None else sys.stderr
+    epochs = {**DEMO_EPOCHS, **(epochs or {})}
     L.seed_everything(seed, verbose=False)
     if overwrite:
         shutil.rmtree(output / "data", ignore_errors=True)
     output.mkdir(parents=True, exist_ok=True)
+    say = RunProgress(stream=stream).say
+    say(
+        "geodistill demo: coarse-to-fine learning on SYNTHETIC 6-band mining scenes "
+        f"(two regions with a spectral shift) → {output}"
+    )
     data = write_demo_dataset(output / "data", seed=seed, **{"n_fine": N_FINE, **(dataset or {})})
+    counts = DemoCounts.of(data)
+    say(
+        f"Data: {counts.coarse} region-A chips with coarse outlines, "
+        f"{counts.fine_train + counts.fine_val} region-B chips with exact labels "
+        f"({counts.fine_train} to train, {counts.fine_val} to pick checkpoints), "
+        f"{counts.test} held-out region-B test chips, one {counts.scene[0]}×{counts.scene[1]} "
+        f"px scene → {data.root}"
+    )
     config = demo_config(data, output / "runs", seed, epochs=epochs)
-    results = run_coarse_to_fine(config, overwrite=overwrite)
-    classes = list(data.class_names)
-    for name, metrics in results.items():
-        metrics_to_json(metrics, output / f"metrics_{name}.json")
-    (output / "metrics.md").write_text(
-        "# geodistill demo (SYNTHETIC data): region-B test chips\n\n"
-        "coarse_only = the stage-1 teacher (region-A coarse labels); fine_only = the few exact "
-        "region-B labels alone; attentive = stage 2, the teacher distilled into a region-B "
-        "student (geodistill's coarse-to-fine method). Values in %.\n\n"
-        + write_results_table(results, classes)
+    progress = RunProgress(
+        label="Stage",
+        descriptions=stage_texts(counts, epochs),
+        stream=stream,
     )
-
-    with rasterio.open(data.scene_label) as src:
-        label = src.read(1)
-    maps: dict[str, np.ndarray] = {"label (exact)": label}
-    scene_accuracy = {}
-    for name in ("fine_only", "attentive"):
-        checkpoint = Path(config.output) / name / "checkpoints" / "best.ckpt"
-        if name == "attentive":
-            checkpoint = Path(config.output) / name / "student.ckpt"  # teacher-free
-        predictor = load_predictor(checkpoint)
-        outputs = SceneOutputs(output / f"scene_{name}.tif")
-        predict_scene(predictor, data.scene_image, outputs, InferenceOptions(overwrite=True))
-        prediction = outputs.classes
-        with rasterio.open(prediction) as src:
-            predicted = src.read(1)
-        maps[f"{name} ({100 * results[name]['mIoU']:.1f} mIoU)"] = predicted
-        known = label != 255
-        scene_accuracy[name] = float(np.mean(predicted[known] == label[known]))
+    with quiet_libraries(verbose):
+        results = run_coarse_to_fine(config, overwrite=overwrite, progress=progress)
+        say(
+            f"Each model was tested on the {counts.test} held-out region-B chips (test mIoU above)."
+        )
+        classes = list(data.class_names)
+        for name, metrics in results.items():
+            metrics_to_json(metrics, output / f"metrics_{name}.json")
+        (output / "metrics.md").write_text(
+            "# geodistill demo (SYNTHETIC data): region-B test chips\n\n"
+            "coarse_only = the stage-1 teacher (region-A coarse labels); fine_only = the few exact "
+            "region-B labels alone; attentive = stage 2, the teacher distilled into a region-B "
+            "student (geodistill's coarse-to-fine method). Values in %.\n\n"
+            + write_results_table(results, classes)
+        )
+        say(
+            f"Whole scene: mapping the {counts.scene[0]}×{counts.scene[1]} px region-B scene with "
+            "the teacher-free attentive student and the fine_only baseline → GeoTIFFs"
+        )
+        label, maps, scene_accuracy = _map_scene(data, Path(config.output), output, results, stream)
     figure = save_panels(
-        output / "figure.png", read_image(data.scene_image), maps, classes, rgb=(2, 1, 0)
+        output / "figure.png",
+        read_image(data.scene_image),
+        {"label (exact)": label, **maps},
+        classes,
+        rgb=(2, 1, 0),
     )
+    web_map = write_web_map(
+        [output / f"scene_{name}.tif" for name in scene_accuracy],
+        output / "map.html",
+        scene=data.scene_image,
+        overwrite=True,  # check_demo_output has already refused it unless --overwrite
+    ).output
+    student = Path(config.output) / "attentive" / "student.ckpt"
     summary = {
         "test_mIoU": {name: m["mIoU"] for name, m in results.items()},
         "test_boundary_F1": {name: m["boundary_F1"] for name, m in results.items()},
         "scene_pixel_accuracy": scene_accuracy,
-        "student": str(Path(config.output) / "attentive" / "student.ckpt"),
+        "student": str(student),
         "seconds": round(time.perf_counter() - start, 1),
     }
     (output / "summary.json").write_text(json.dumps(summary, indent=2))
-    lines = [f"geodistill demo (synthetic data) done in {summary['seconds']} s"]
-    for name in results:
-        lines.append(
-            f"  {name:<12} test mIoU {100 * results[name]['mIoU']:6.2f}  "
-            f"boundary F1 {100 * results[name]['boundary_F1']:6.2f}"
-        )
-    lines += [
-        f"  metrics: {output / 'metrics.md'}",
-        f"  scene maps: {output / 'scene_fine_only.tif'}, {output / 'scene_attentive.tif'}",
-        f"  figure: {figure}",
-        f"  teacher-free student: {summary['student']}",
+    outputs = [
+        ("results table", output / "metrics.md"),
+        *((f"metrics of {name}", output / f"metrics_{name}.json") for name in results),
+        *((f"scene map, {name}", output / f"scene_{name}.tif") for name in scene_accuracy),
+        ("figure: image | label | both maps", figure),
+        ("web map: open in a browser", web_map),
+        ("summary", output / "summary.json"),
+        ("teacher-free student", student),
+        ("training runs: checkpoints, logs", Path(config.output)),
+        ("synthetic dataset, README inside", data.root),
+    ]
+    lines = [
+        f"geodistill demo (SYNTHETIC data) done in {format_duration(summary['seconds'])}",
+        "",
+        *results_text(results, scene_accuracy),
+        "",
+        "  (test mIoU, boundary F1: region-B test chips; scene acc.: pixel accuracy on the "
+        "whole scene; %)",
+        "",
+        "outputs:",
+        *(f"  {what:<34} {path}" for what, path in outputs),
     ]
     return "\n".join(lines)
+
+
+def _map_scene(
+    data: DemoDataset,
+    runs: Path,
+    output: Path,
+    results: dict[str, dict[str, float]],
+    stream: TextIO,
+) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, float]]:
+    """Predict the whole scene with the attentive student and the fine-only baseline: the exact
+    label, each predicted map (titled with its test mIoU) and each map's pixel accuracy."""
+    from tqdm import tqdm
+
+    with rasterio.open(data.scene_label) as src:
+        label = src.read(1)
+    known = label != 255
+    maps: dict[str, np.ndarray] = {}
+    scene_accuracy: dict[str, float] = {}
+    names = ["fine_only", "attentive"]
+    for name in tqdm(names, desc="whole scene", unit="map", file=stream):
+        checkpoint = runs / name / "checkpoints" / "best.ckpt"
+        if name == "attentive":
+            checkpoint = runs / name / "student.ckpt"  # teacher-free
+        predictor = load_predictor(checkpoint)
+        outputs = SceneOutputs(output / f"scene_{name}.tif")
+        predict_scene(predictor, data.scene_image, outputs, InferenceOptions(overwrite=True))
+        with rasterio.open(outputs.classes) as src:
+            predicted = src.read(1)
+        maps[f"{name} ({100 * results[name]['mIoU']:.1f} mIoU)"] = predicted
+        scene_accuracy[name] = float(np.mean(predicted[known] == label[known]))
+    return label, maps, scene_accuracy

@@ -6,6 +6,7 @@ scripts, so they train exactly the way a user's ``geodistill fit`` would.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,23 +36,25 @@ def fit_and_test(
     max_epochs: int,
     patience: int | None = None,
     check_val_every_n_epoch: int | None = 1,
+    callbacks: Sequence[L.Callback] = (),
     **trainer_kwargs: Any,
 ) -> ExperimentResult:
     """Train ``task``, keep the best checkpoint by val mIoU, and test it.
 
+    ``callbacks`` are added to the trainer (progress display, say).
     ``check_val_every_n_epoch=None`` with ``val_check_interval=N`` validates every N steps.
     """
     run_dir = Path(run_dir)
     checkpoint = BestCheckpoint(
         dirpath=run_dir / "checkpoints", monitor="val/mIoU", mode="max", filename="best"
     )
-    callbacks: list[L.Callback] = [checkpoint]
+    trainer_callbacks: list[L.Callback] = [checkpoint, *callbacks]
     if patience is not None:
-        callbacks.append(EarlyStopping(monitor="val/mIoU", mode="max", patience=patience))
+        trainer_callbacks.append(EarlyStopping(monitor="val/mIoU", mode="max", patience=patience))
     trainer = L.Trainer(
         default_root_dir=run_dir,
         max_epochs=max_epochs,
-        callbacks=callbacks,
+        callbacks=trainer_callbacks,
         logger=CSVLogger(run_dir, name="logs"),
         check_val_every_n_epoch=check_val_every_n_epoch,
         enable_model_summary=False,

@@ -6,24 +6,36 @@ and class names, normalisation, tile size), so it predicts without any teacher f
 
 - ``.ckpt``: a :class:`~geodistill.tasks.SegmentationTask` checkpoint (``load_from_checkpoint``);
 - ``.onnx``: the network with dynamic batch and tile size, the card as JSON in the metadata, and
-  ONNX Runtime's output checked against PyTorch's before the file is written.
+  ONNX Runtime's output checked against PyTorch's before the file is written;
+- ``.onnx`` with ``quantize="int8"``: that float model statically quantized on a few real chips
+  and checked against the float model (:mod:`geodistill.quantize`).
 """
 
 from __future__ import annotations
 
 import inspect
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from geodistill.atomic import atomic_output
 from geodistill.errors import GeodistillError
-from geodistill.inference.predictors import ONNX_METADATA_KEY, ModelCard, card_from_checkpoint
-from geodistill.models.teachers.checkpoint import freeze, network_from_checkpoint, read_checkpoint
+from geodistill.models.checkpoint import (
+    ONNX_METADATA_KEY,
+    ModelCard,
+    card_from_checkpoint,
+    freeze,
+    network_from_checkpoint,
+    read_checkpoint,
+)
 from geodistill.tasks.segmentation import SegmentationTask
+
+if TYPE_CHECKING:
+    from geodistill.quantize import Agreement
 
 STUDENT_PREFIXES = ("model.", "criterion.")
 """State-dict entries a deployed :class:`SegmentationTask` owns; the rest is training-only."""
@@ -40,8 +52,20 @@ def export_student(
     output: str | Path,
     overwrite: bool = False,
     tile_size: int | None = None,
+    quantize: str | None = None,
+    calibration: str | Path | None = None,
+    calibration_count: int = 16,
+    max_disagreement: float = 0.02,
 ) -> Path:
-    """Write the student of ``checkpoint`` to ``output`` (format by suffix), atomically."""
+    """Write the student of ``checkpoint`` to ``output`` (format by suffix), atomically.
+
+    With ``quantize="int8"`` the ONNX model is quantized on ``calibration`` chips; see
+    :func:`export_int8`, which also returns the measured agreement.
+    """
+    if quantize is not None:
+        export_int8(checkpoint, output, quantize, calibration, calibration_count,
+                    max_disagreement, overwrite, tile_size)  # fmt: skip
+        return Path(output)
     check_export_source(checkpoint)
     output = Path(output)
     exporter = EXPORTERS.get(output.suffix.lower())
@@ -49,7 +73,7 @@ def export_student(
         known = ", ".join(EXPORTERS)
         raise GeodistillError(f"unknown export format {output.suffix!r} (known: {known})", output)
     if output.exists() and not overwrite:
-        raise GeodistillError("the output exists; pass overwrite to replace it", output)
+        raise GeodistillError("already exists; pass --overwrite to replace it", output)
     if tile_size is not None and tile_size < 1:
         raise GeodistillError(f"tile size must be positive, got {tile_size}")
     source = read_checkpoint(checkpoint)
@@ -57,6 +81,50 @@ def export_student(
         source.setdefault("geodistill", {})["tile_size"] = tile_size
     exporter(source, Path(checkpoint), output)
     return output
+
+
+def export_int8(
+    checkpoint: str | Path,
+    output: str | Path,
+    quantize: str = "int8",
+    calibration: str | Path | None = None,
+    calibration_count: int = 16,
+    max_disagreement: float = 0.02,
+    overwrite: bool = False,
+    tile_size: int | None = None,
+) -> Agreement:
+    """Write a statically quantized ONNX student, refused (nothing written) when its argmax
+    disagrees with the float model on more than ``max_disagreement`` of the pixels."""
+    from geodistill.quantize import (
+        QUANTIZATIONS,
+        check_max_disagreement,
+        quantize_checked,
+        read_calibration,
+    )
+
+    check_export_source(checkpoint)
+    output = Path(output)
+    if quantize not in QUANTIZATIONS:
+        raise GeodistillError(f"--quantize takes {', '.join(QUANTIZATIONS)}, got {quantize!r}")
+    if output.suffix.lower() != ".onnx":
+        raise GeodistillError("--quantize writes an ONNX model; name the output *.onnx", output)
+    if calibration is None:
+        raise GeodistillError("--quantize needs --calibration CHIPS (a folder or glob of chips)")
+    check_max_disagreement(max_disagreement)
+    if output.exists() and not overwrite:
+        raise GeodistillError("already exists; pass --overwrite to replace it", output)
+    if tile_size is not None and tile_size < 1:
+        raise GeodistillError(f"tile size must be positive, got {tile_size}")
+    source = read_checkpoint(checkpoint)
+    if tile_size is not None:
+        source.setdefault("geodistill", {})["tile_size"] = tile_size
+    card = card_from_checkpoint(source)
+    tiles = read_calibration(calibration, card, calibration_count)
+    with tempfile.TemporaryDirectory(prefix="geodistill-export-") as work:
+        float_path = Path(work) / "float.onnx"
+        _export_onnx(source, Path(checkpoint), float_path)
+        with atomic_output(output, suffix=".onnx") as temporary:
+            return quantize_checked(float_path, temporary, output, card, tiles, max_disagreement)
 
 
 def check_export_source(path: str | Path) -> None:

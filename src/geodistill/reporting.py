@@ -29,10 +29,16 @@ def save_panels(
     rgb: Sequence[int] = (0, 1, 2),
     ignore_index: int = 255,
 ) -> Path:
-    """Save an RGB composite beside class maps (label, predictions), with a shared legend."""
+    """Save an RGB composite beside class maps (label, predictions), with a shared legend.
+
+    The layout engine places titles and legend outside the images and the saved area is fitted
+    to everything drawn, so no title is cut at the figure's edge.
+    """
     colors = plt.get_cmap("tab10")(np.arange(len(class_names)))
     cmap = ListedColormap(colors)
-    fig, axes = plt.subplots(1, 1 + len(maps), figsize=(4 * (1 + len(maps)), 4.4))
+    fig, axes = plt.subplots(
+        1, 1 + len(maps), figsize=(4 * (1 + len(maps)), 4.6), layout="constrained"
+    )
     axes[0].imshow(rgb_composite(image, rgb))
     axes[0].set_title("image (RGB composite)")
     for ax, (title, class_map) in zip(axes[1:], maps.items(), strict=True):
@@ -42,10 +48,11 @@ def save_panels(
     for ax in axes:
         ax.set_axis_off()
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in colors]
-    fig.legend(handles, class_names, loc="lower center", ncol=len(class_names), frameon=False)
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    fig.legend(
+        handles, class_names, loc="outside lower center", ncol=len(class_names), frameon=False
+    )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight", pad_inches=0.15)
     plt.close(fig)
     return path

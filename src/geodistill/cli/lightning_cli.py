@@ -32,7 +32,8 @@ from geodistill.cli.config_errors import (
 from geodistill.data import GeoSegDataModule
 from geodistill.errors import GeodistillError, user_error
 from geodistill.inference import GeoTiffPredictionWriter
-from geodistill.models.teachers.checkpoint import read_checkpoint
+from geodistill.models.checkpoint import read_checkpoint
+from geodistill.progress import hide_lightning_tips
 from geodistill.tasks import SegmentationTask
 from geodistill.tasks.segmentation import BestCheckpoint, check_band_names
 
@@ -61,6 +62,7 @@ SPECIAL_CKPT_PATHS = ("best", "last", "hpc", "registry")
 """``ckpt_path`` values Lightning resolves itself rather than reading a file."""
 
 OVERWRITE_FLAG = "--overwrite"
+
 
 class GeodistillCLI(LightningCLI):
     """Links the model's input bands and classes to the data, so a config states them once.
@@ -226,6 +228,7 @@ def run_lightning_cli(args: list[str]) -> None:
     ``--overwrite`` (anywhere on the line) is geodistill's own flag, taken out before Lightning
     parses the rest.
     """
+    hide_lightning_tips()  # Lightning's litlogger/litmodels adverts, nothing about the run
     overwrite = OVERWRITE_FLAG in args
     args = [a for a in args if a != OVERWRITE_FLAG]
     no_exit = {"exit_on_error": False}  # config errors raise; condensed to one line above

@@ -15,7 +15,7 @@ from typing import NoReturn, TextIO
 
 from geodistill.errors import GeodistillError, GeodistillWarning, user_error
 
-USAGE = """usage: geodistill [--debug] COMMAND ...
+USAGE = """usage: geodistill [--debug] [--allow-download] COMMAND ...
 
 Distil light segmentation students for multispectral Earth observation imagery.
 
@@ -29,11 +29,14 @@ commands:
   demo       run the built-in synthetic multispectral demo end to end
   coarse-to-fine
              coarse-label teacher -> fine student by attentive distillation (+ baselines)
+  compare    variants x label budgets x seeds of a fit config: mean ± std, paired gains
   export     teacher-free student from any checkpoint: plain .ckpt or .onnx
   infer      whole scenes -> georeferenced class maps (bounded memory, COG, many devices)
   vectorize  class map -> polygons per class with areas (m²) and confidence (GPKG/GeoJSON)
+  view       class maps, polygons and scene -> one self-contained web map (map.html)
 
 Run 'geodistill COMMAND --help' for a command's options. --debug shows tracebacks.
+--allow-download lets pretrained weights named in a config download into the libraries' caches.
 """
 
 
@@ -57,9 +60,11 @@ def _tool_parser() -> argparse.ArgumentParser:
     tools.add_stats(commands)
     tools.add_demo(commands)
     tools.add_coarse_to_fine(commands)
+    tools.add_compare(commands)
     tools.add_export(commands)
     tools.add_infer(commands)
     tools.add_vectorize(commands)
+    tools.add_view(commands)
     return parser
 
 
@@ -108,7 +113,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
-    args = [a for a in args if a != "--debug"]
+    allow_download = "--allow-download" in args
+    args = [a for a in args if a not in ("--debug", "--allow-download")]
+    if debug and args[:1] in (["demo"], ["coarse-to-fine"]):
+        args.append("--verbose")  # --debug shows the libraries' messages too
     if not debug:
         warnings.filterwarnings("ignore", category=UserWarning, module="lightning")
         for category in (DeprecationWarning, FutureWarning):
@@ -119,6 +127,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if debug:
         # Config errors found by jsonargparse then raise (with a traceback) instead of exiting.
         os.environ["JSONARGPARSE_DEBUG"] = "true"
+    download_env, saved_download = None, None
+    if allow_download:  # every named weight of this process may download (also in workers)
+        from geodistill.models.pretrained import ALLOW_DOWNLOAD_ENV as download_env
+
+        saved_download = os.environ.get(download_env)
+        os.environ[download_env] = "1"
     try:
         run(args)
     except Exception as err:
@@ -137,6 +151,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 os.environ.pop("JSONARGPARSE_DEBUG", None)
             else:
                 os.environ["JSONARGPARSE_DEBUG"] = saved_env
+        if download_env is not None:
+            if saved_download is None:
+                os.environ.pop(download_env, None)
+            else:
+                os.environ[download_env] = saved_download
     return 0
 
 

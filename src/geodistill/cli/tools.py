@@ -1,4 +1,4 @@
-"""``argparse`` subcommands: data tools, the demo, coarse-to-fine, export, infer, vectorize."""
+"""``argparse`` subcommands: data tools, demo, coarse-to-fine, export, infer, vectorize, view."""
 
 from __future__ import annotations
 
@@ -178,6 +178,7 @@ def add_demo(commands: Any) -> None:
     parser.add_argument("--teacher-epochs", type=int, help="override stage 1's epochs")
     parser.add_argument("--student-epochs", type=int, help="override stage 2's epochs")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier demo")
+    parser.add_argument("--verbose", action="store_true", help="also show Lightning's own messages")
     parser.set_defaults(func=run_demo)
 
 
@@ -194,7 +195,15 @@ def run_demo(args: argparse.Namespace) -> None:
     }
     if any(value < 1 for value in epochs.values()):
         raise GeodistillError(f"epochs must be >= 1, got {epochs}")
-    print(demo(Path(args.output), seed=args.seed, epochs=epochs, overwrite=args.overwrite))
+    print(
+        demo(
+            Path(args.output),
+            seed=args.seed,
+            epochs=epochs,
+            overwrite=args.overwrite,
+            verbose=args.verbose,
+        )
+    )
 
 
 def add_coarse_to_fine(commands: Any) -> None:
@@ -226,6 +235,7 @@ def add_coarse_to_fine(commands: Any) -> None:
         action="store_true",
         help="keep the methods an earlier run of the same config completed, run the rest",
     )
+    parser.add_argument("--verbose", action="store_true", help="also show Lightning's own messages")
     parser.set_defaults(func=run_coarse_to_fine)
 
 
@@ -251,9 +261,64 @@ def run_coarse_to_fine(args: argparse.Namespace) -> None:
         config.output = args.output
     if args.seed is not None:
         config.seed = args.seed
-    results = run_coarse_to_fine(config, args.overwrite, args.resume, option)
+    from geodistill.progress import RunProgress, quiet_libraries
+
+    with quiet_libraries(args.verbose):
+        results = run_coarse_to_fine(
+            config, args.overwrite, args.resume, option, progress=RunProgress()
+        )
     print(write_results_table(results, list(config.data["classes"])))
     print(f"wrote {Path(config.output) / 'results.json'}")
+
+
+def add_compare(commands: Any) -> None:
+    parser = commands.add_parser(
+        "compare",
+        help="compare methods: variants x label budgets x seeds, mean ± std and paired gains",
+        description=(
+            "Run every variant of an experiment file (overrides of a 'geodistill fit' config) for "
+            "each label budget and seed, after the teacher stages they use, each trained and "
+            "tested like 'geodistill fit' + 'geodistill test' into OUT/<variant>/<budget>/"
+            "seed<k>/ (run.json when finished). Writes results.json (every run), results.md "
+            "(mean ± std over seeds, per-seed paired differences against the baseline) and "
+            "results.png. See docs/compare.md."
+        ),
+    )
+    parser.add_argument("--config", required=True, help="experiment YAML (see docs/compare.md)")
+    parser.add_argument("-o", "--output", help="output folder (default: the file's output)")
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="runs at once, each a subprocess on one thread"
+    )
+    earlier = parser.add_mutually_exclusive_group()
+    earlier.add_argument(
+        "--overwrite", action="store_true", help="remove an earlier run of the experiment first"
+    )
+    earlier.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the runs an earlier run of the same config finished, run the rest",
+    )
+    parser.set_defaults(func=run_compare)
+
+
+def run_compare(args: argparse.Namespace) -> None:
+    from geodistill.experiments import load_experiment, run_experiment
+
+    experiment = load_experiment(args.config)
+    command = ["geodistill", "compare", "--config", args.config]
+    command += ["-o", args.output] if args.output else []
+    command += ["--jobs", str(args.jobs)] if args.jobs != 1 else []
+    command += ["--resume"] if args.resume else ["--overwrite"] if args.overwrite else []
+    results = run_experiment(
+        experiment,
+        args.output,
+        overwrite=args.overwrite,
+        resume=args.resume,
+        jobs=args.jobs,
+        command=" ".join(command),
+    )
+    print(results.read_text())
+    print(f"wrote {results}, {results.with_suffix('.json')}, {results.with_suffix('.png')}")
 
 
 def add_export(commands: Any) -> None:
@@ -265,24 +330,62 @@ def add_export(commands: Any) -> None:
             "class names and tile size) without any teacher or training-only module: as a plain "
             "SegmentationTask checkpoint (-o student.ckpt) or as ONNX (-o model.onnx, dynamic "
             "batch and tile size, metadata for 'geodistill infer', ONNX Runtime checked against "
-            "PyTorch within 1e-4)."
+            "PyTorch within 1e-4). --quantize int8 --calibration CHIPS writes a static int8 "
+            "ONNX model instead, refused unless its classes agree with the float model's."
         ),
     )
     parser.add_argument("checkpoint", help="checkpoint of any geodistill task")
     parser.add_argument("-o", "--output", required=True, help="student.ckpt or model.onnx")
     parser.add_argument("--tile-size", type=int, help="tile size to record (default: training)")
+    parser.add_argument(
+        "--quantize",
+        choices=["int8"],
+        help="static int8 ONNX (smaller, faster on CPU), calibrated on --calibration chips and "
+        "refused when it disagrees with the float model beyond --max-disagreement",
+    )
+    parser.add_argument(
+        "--calibration", help="chips to calibrate int8 on: a folder of GeoTIFFs or a glob"
+    )
+    parser.add_argument(
+        "--calibration-count", type=int, default=16, help="calibration tiles (default 16)"
+    )
+    parser.add_argument(
+        "--max-disagreement",
+        type=float,
+        default=0.02,
+        help="largest share of pixels whose class may change under int8 (default 0.02)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
     parser.set_defaults(func=run_export)
 
 
 def run_export(args: argparse.Namespace) -> None:
     from geodistill.atomic import check_output
+    from geodistill.errors import GeodistillError
     from geodistill.export import export_student
     from geodistill.inference.tiling import check_tile
 
     check_output(args.output, "file", args.overwrite)
     if args.tile_size is not None:
         check_tile(args.tile_size, "--tile-size")
+    if args.quantize is not None or args.calibration is not None:
+        from geodistill.export import export_int8
+
+        if args.quantize is None:
+            raise GeodistillError("--calibration is for --quantize int8; add --quantize int8")
+        agreement = export_int8(
+            args.checkpoint,
+            args.output,
+            args.quantize,
+            args.calibration,
+            args.calibration_count,
+            args.max_disagreement,
+            overwrite=args.overwrite,
+            tile_size=args.tile_size,
+        )
+        print(f"int8 vs float: {agreement.describe()}")
+        print(f"wrote {args.output}")
+        return
     written = export_student(
         args.checkpoint, args.output, overwrite=args.overwrite, tile_size=args.tile_size
     )
@@ -411,3 +514,61 @@ def run_vectorize(args: argparse.Namespace) -> None:
         print(f"mean confidence from {result.confidence}")
     plural = "" if result.polygons == 1 else "s"
     print(f"wrote {result.output} ({result.polygons} polygon{plural}) and {result.summary_path}")
+
+
+def add_view(commands: Any) -> None:
+    parser = commands.add_parser(
+        "view",
+        help="class maps and polygons -> one self-contained web map (HTML) to look at",
+        description=(
+            "Write one HTML file to open in a browser: the scene's RGB quicklook (--scene), each "
+            "class map as a coloured overlay with a legend and a switch between them (methods), "
+            "and polygons (given, or <stem>.gpkg/.geojson beside a class map) with popups "
+            "showing class, area (m², ha) and confidence. Layers are reprojected to Web Mercator "
+            "(scene and maps may be on different grids; a map off the scene is refused) and "
+            "embedded: PNG data URIs, inline GeoJSON. Leaflet loads from a CDN unless "
+            "--offline-assets inlines it."
+        ),
+    )
+    parser.add_argument(
+        "outputs", nargs="+", help="class maps (.tif) and polygon files (.gpkg/.geojson)"
+    )
+    parser.add_argument("-o", "--output", required=True, help="the web map, e.g. map.html")
+    parser.add_argument("--scene", help="scene raster shown under the maps (RGB quicklook)")
+    parser.add_argument(
+        "--bands", help="scene bands as red,green,blue (0-based or names); default Red,Green,Blue"
+    )
+    parser.add_argument(
+        "--max-size", type=int, default=2048, help="longest side of each embedded image (px)"
+    )
+    parser.add_argument(
+        "--offline-assets",
+        help="folder with leaflet.js and leaflet.css to inline (a page that needs no network)",
+    )
+    parser.add_argument(
+        "--no-polygons", action="store_true", help="do not add polygon files found beside maps"
+    )
+    parser.add_argument(
+        "--show-background",
+        action="store_true",
+        help="paint the 'background' class too (by default it is left see-through)",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing map")
+    parser.set_defaults(func=run_view)
+
+
+def run_view(args: argparse.Namespace) -> None:
+    from geodistill.webmap import CLEAR_CLASSES, write_web_map
+
+    result = write_web_map(
+        args.outputs,
+        args.output,
+        scene=args.scene,
+        bands=_bands(args.bands),
+        max_size=args.max_size,
+        offline_assets=args.offline_assets,
+        find_vectors=not args.no_polygons,
+        clear=() if args.show_background else CLEAR_CLASSES,
+        overwrite=args.overwrite,
+    )
+    print(result.describe())

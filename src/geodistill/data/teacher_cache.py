@@ -2,7 +2,7 @@
 teacher costs little more than plain training.
 
 With a cache the training set is a fixed grid of ``size × size`` windows over every chip (the last
-window flush with the chip edge, as :func:`~geodistill.inference.tiling.tile_origins` tiles a
+window flush with the chip edge, as :func:`~geodistill.data.tiling.tile_origins` tiles a
 scene; chips smaller than a window are padded with nodata/ignore). The teacher sees each window
 once, at build time. Each epoch shuffles the windows, and the geometric augmentations (flips, 90°
 rotations) move image, mask and every cached map (each at its own resolution) together, with the
@@ -39,9 +39,9 @@ from tqdm import tqdm
 
 from geodistill.atomic import make_temp_dir
 from geodistill.data.datasets import ChipDataset
+from geodistill.data.tiling import tile_origins
 from geodistill.data.transforms import apply_transform
 from geodistill.errors import GeodistillError, GeodistillWarning
-from geodistill.inference.tiling import tile_origins
 
 if TYPE_CHECKING:
     from geodistill.data.datamodule import GeoSegDataModule

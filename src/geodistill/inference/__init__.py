@@ -2,7 +2,6 @@
 
 from geodistill.inference.loop import infer_scenes
 from geodistill.inference.predictors import (
-    ModelCard,
     OnnxPredictor,
     Predictor,
     TorchPredictor,
@@ -15,7 +14,6 @@ from geodistill.inference.writer import GeoTiffPredictionWriter, write_class_map
 __all__ = [
     "GeoTiffPredictionWriter",
     "InferenceOptions",
-    "ModelCard",
     "OnnxPredictor",
     "Predictor",
     "SceneOutputs",

@@ -1,17 +1,16 @@
 """Deployed models behind one interface: a checkpoint or an ONNX file that predicts tiles.
 
 Inference needs to know more than weights: which bands, in which order, the class names and the
-tile size the model was trained on. A :class:`ModelCard` carries that, whatever the backend, so
-``geodistill infer`` treats a Lightning checkpoint and an exported ONNX file the same way. Band
-normalisation lives inside both (the model's :class:`~geodistill.models.BandNormalizer`), so a
-predictor takes raw pixel values with NaN for nodata.
+tile size the model was trained on. A :class:`~geodistill.models.checkpoint.ModelCard` carries
+that, whatever the backend, so ``geodistill infer`` treats a Lightning checkpoint and an exported
+ONNX file the same way. Band normalisation lives inside both (the model's
+:class:`~geodistill.models.BandNormalizer`), so a predictor takes raw pixel values with NaN for
+nodata.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -20,42 +19,14 @@ import torch
 from torch import nn
 
 from geodistill.errors import GeodistillError
-
-DEFAULT_TILE_SIZE = 256
-"""Tile size for models that do not record the chip size they were trained on."""
-
-ONNX_METADATA_KEY = "geodistill"
-"""ONNX ``metadata_props`` key holding the JSON :class:`ModelCard` of an exported student."""
-
-
-@dataclass
-class ModelCard:
-    """What a deployed model expects and produces, stored with it (checkpoint or ONNX)."""
-
-    band_names: list[str]
-    class_names: list[str]
-    tile_size: int = DEFAULT_TILE_SIZE
-    normalization: dict[str, list[float]] = field(default_factory=dict)
-    architecture: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def num_bands(self) -> int:
-        return len(self.band_names)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self))
-
-    @classmethod
-    def from_json(cls, text: str, path: str | Path) -> ModelCard:
-        try:
-            values = json.loads(text)
-            return cls(**values)
-        except (TypeError, ValueError) as err:
-            raise GeodistillError(f"unreadable geodistill metadata ({err})", path) from err
+from geodistill.models.checkpoint import (
+    ONNX_METADATA_KEY,
+    ModelCard,
+    card_from_checkpoint,
+    freeze,
+    network_from_checkpoint,
+    read_checkpoint,
+)
 
 
 class Predictor(Protocol):
@@ -97,28 +68,6 @@ class TorchPredictor(nn.Module):
         return self.model(x)
 
 
-def card_from_checkpoint(checkpoint: dict[str, Any], tile_size: int | None = None) -> ModelCard:
-    """The card of a geodistill task checkpoint (band/class names, normalisation, tile size)."""
-    from geodistill.models.teachers.checkpoint import recorded_names
-
-    hparams = checkpoint.get("hyper_parameters", {})
-    meta = checkpoint.get("geodistill", {})
-    band_names, class_names = recorded_names(checkpoint)
-    state = checkpoint["state_dict"]
-    normalization = {
-        name: state[f"model.normalizer.{name}"].tolist()
-        for name in ("low", "high", "mean", "std")
-        if f"model.normalizer.{name}" in state
-    }
-    return ModelCard(
-        band_names=band_names,
-        class_names=class_names,
-        tile_size=int(tile_size or meta.get("tile_size") or DEFAULT_TILE_SIZE),
-        normalization=normalization,
-        architecture={k: hparams.get(k) for k in ("arch", "encoder", "in_channels", "num_classes")},
-    )
-
-
 def card_from_task(task: Any) -> ModelCard:
     """The card of an in-memory :class:`~geodistill.tasks.SegmentationTask` (e.g. just trained)."""
     normalizer = task.model.normalizer.state_dict()
@@ -137,12 +86,6 @@ def card_from_task(task: Any) -> ModelCard:
 
 def load_checkpoint_predictor(path: str | Path) -> TorchPredictor:
     """The student of any geodistill task checkpoint, teacher-free, on the CPU."""
-    from geodistill.models.teachers.checkpoint import (
-        freeze,
-        network_from_checkpoint,
-        read_checkpoint,
-    )
-
     checkpoint = read_checkpoint(path)
     network = freeze(network_from_checkpoint(checkpoint, path))
     return TorchPredictor(network, card_from_checkpoint(checkpoint))
@@ -150,6 +93,9 @@ def load_checkpoint_predictor(path: str | Path) -> TorchPredictor:
 
 class OnnxPredictor:
     """An exported student run by ONNX Runtime; its card comes from the file's metadata."""
+
+    overlaps_reads = True
+    """ONNX Runtime releases the GIL while it runs: the next tiles are read meanwhile."""
 
     def __init__(self, path: str | Path, providers: list[str] | None = None) -> None:
         self.path = Path(path)

@@ -34,7 +34,7 @@ from geodistill.data.raster import (
 )
 from geodistill.data.raster import resolve_bands as resolve_band_spec
 from geodistill.errors import GeodistillError
-from geodistill.inference.predictors import ModelCard, Predictor
+from geodistill.inference.predictors import Predictor
 from geodistill.inference.tiling import (
     MIN_TILE,
     TileGrid,
@@ -50,6 +50,7 @@ from geodistill.inference.writer import (
     class_colormap,
     class_map_tags,
 )
+from geodistill.models.checkpoint import ModelCard
 
 WRITE_CHUNK = 2048
 """Columns normalised and written at once: bounds the transient arrays of a finished row band."""
@@ -398,18 +399,22 @@ def predict_scene(
     options: InferenceOptions | None = None,
     progress: bool = False,
     prefetch: bool = False,
+    on_cpu: bool | None = None,
 ) -> SceneOutputs:
     """Predict ``scene`` tile by tile and write the class map (and extras) as COGs, atomically.
 
     Nodata pixels (declared nodata or NaN in every band) stay nodata in every output. The outputs
     appear only when the whole scene is done; an error or interruption leaves none behind.
-    ``prefetch`` reads the next batch in a thread while the model runs (for GPU predictors: on
-    the CPU it only competes for the cores, and the thread's allocations cost ~100 MB).
+    ``prefetch`` reads the next batch in a thread while the model runs (for GPU predictors and
+    ONNX Runtime: with PyTorch on the CPU it only competes for the cores, and the thread's
+    allocations cost ~100 MB). ``on_cpu`` says whether the network runs on the CPU (its
+    activations then count against memory); by default, when nothing is read ahead.
     """
     options = options or InferenceOptions()
     card = predictor.card
     tile, overlap = options.resolve(card)
-    info, bands = check_scene(scene, card, options, on_cpu=not prefetch)
+    on_cpu = not prefetch if on_cpu is None else on_cpu
+    info, bands = check_scene(scene, card, options, on_cpu)
     indexes = [i + 1 for i in bands]
     outputs.refuse_existing(options.overwrite)
     grid = TileGrid(info.height, info.width, tile, overlap)

@@ -1,5 +1,8 @@
 """The tile grid of a scene and the blending window that makes overlapping tiles seamless.
 
+Tile origins come from :func:`geodistill.data.tiling.tile_origins`; what is added here is the
+inference side: the checks of ``--tile``/``--overlap``/``--batch-size`` and the blending weights.
+
 Each tile's probabilities are weighted by a smooth window that is highest at the tile centre and
 small (never zero) at its edges, and the weighted sum is divided by the summed weights. Because
 the window is separable and the tiles lie on a regular grid, the summed weights are the outer
@@ -12,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from geodistill.data.tiling import tile_origins
 from geodistill.errors import GeodistillError
 
 MIN_TILE = 16
@@ -50,14 +54,6 @@ def check_batch_size(batch_size: int) -> int:
             "must be at least 1"
         )
     return batch_size
-
-
-def tile_origins(length: int, tile: int, stride: int) -> list[int]:
-    """Tile start offsets covering ``[0, length)``, the last one flush with the end."""
-    if length <= tile:
-        return [0]
-    starts = list(range(0, length - tile, stride))
-    return [*starts, length - tile]
 
 
 def blend_window(tile: int) -> np.ndarray:

@@ -10,6 +10,7 @@ with it.
 
 from __future__ import annotations
 
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,18 +18,33 @@ from typing import Any
 
 import segmentation_models_pytorch as smp
 import torch
+from huggingface_hub import hf_hub_url
+from huggingface_hub.errors import LocalEntryNotFoundError
 from torch import Tensor, nn
 
 from geodistill.errors import GeodistillError
 from geodistill.models.fusion import FeatureFusion, FusionConfig
 from geodistill.models.modulation import FeatureModulation, ModulationConfig
 from geodistill.models.normalizer import BandNormalizer
+from geodistill.models.pretrained import (
+    downloads_allowed,
+    hf_cache_folder,
+    hub_offline,
+    not_cached,
+    torchgeo_weights,
+    torchgeo_weights_file,
+)
+from geodistill.models.safe_load import read_weights_file
 
 ARCHITECTURES = ("unet", "unetplusplus", "fpn", "deeplabv3plus", "upernet", "segformer", "pspnet")
 """smp architectures accepted by name; any other name smp knows works too."""
 
 NETWORK_WEIGHTS = ("imagenet", "ssl", "swsl", "instagram", "advprop", "noisy-student")
-"""Encoder weight names that smp downloads: used only when a user asks for them explicitly."""
+"""Encoder weight names that smp loads from the Hugging Face hub cache (downloading them there
+only with ``--allow-download``): used only when a user asks for them explicitly."""
+
+TORCHGEO_WEIGHTS = re.compile(r"^\w+_Weights\.\w+$")
+"""What a torchgeo weights name looks like (``ResNet18_Weights.SENTINEL2_ALL_MOCO``)."""
 
 
 @dataclass
@@ -149,8 +165,11 @@ def create_student(
     """Build a student in one line, like ``smp.create_model`` but multispectral and offline.
 
     ``weights`` is ``None`` (random init), a local file (smp model, encoder or Lightning checkpoint
-    state dict, ``.pt``/``.pth``/``.ckpt``/``.safetensors``), or an smp weight name such as
-    ``"imagenet"``, which downloads and so is never a default. ``modulation`` (a
+    state dict, ``.pt``/``.pth``/``.ckpt``/``.safetensors``), an smp weight name such as
+    ``"imagenet"`` or torchgeo encoder weights (``ResNet18_Weights.SENTINEL2_ALL_MOCO`` for a
+    ``resnet18`` encoder on those 13 bands). Named weights load from the libraries' caches and
+    are downloaded only with ``--allow-download`` (``GEODISTILL_ALLOW_DOWNLOAD=1``), so they are
+    never a default. ``modulation`` (a
     :class:`~geodistill.models.modulation.ModulationConfig` or its mapping) adds feature
     modulation blocks between encoder and decoder, ``fusion`` (a
     :class:`~geodistill.models.fusion.FusionConfig` or its mapping) the translators and fusion of
@@ -163,19 +182,23 @@ def create_student(
         # 2 ** (depth - 3), so a shallower encoder would give logits larger than the input.
         depth = int(arch_kwargs.get("encoder_depth", 5))  # type: ignore[call-overload]
         arch_kwargs["upsampling"] = 2 ** max(depth - 3, 0)
+    allowed = downloads_allowed()
     try:
-        network = smp.create_model(
-            arch,
-            encoder_name=encoder,
-            encoder_weights=download,
-            in_channels=in_channels,
-            classes=num_classes,
-            **arch_kwargs,
-        )
+        with hub_offline(download is not None and not allowed):  # cached weights only
+            network = smp.create_model(
+                arch,
+                encoder_name=encoder,
+                encoder_weights=download,
+                in_channels=in_channels,
+                classes=num_classes,
+                **arch_kwargs,
+            )
     except (KeyError, ValueError, TypeError) as err:
         raise GeodistillError(
             f"cannot build model arch={arch!r} encoder={encoder!r}: {err}"
         ) from err
+    except LocalEntryNotFoundError as err:  # not cached (or, when allowed, not reachable)
+        raise _smp_weights_missing(encoder, str(download), allowed, err) from err
     model = SegmentationModel(
         network,
         in_channels,
@@ -183,14 +206,57 @@ def create_student(
         FusionConfig.from_value(fusion),
     )
     if weights is not None and download is None:
+        if TORCHGEO_WEIGHTS.match(weights) and not Path(weights).exists():
+            weights = str(_torchgeo_encoder_file(weights, in_channels, allowed))
         load_local_weights(model, weights)
     return model
 
 
+def _smp_weights_missing(
+    encoder: str, weights: str, allowed: bool, error: Exception
+) -> GeodistillError:
+    """The one line for smp encoder weights that are not in the Hugging Face hub cache."""
+    what = f"student weights {weights!r} of encoder {encoder!r}"
+    repo_id, revision = None, None
+    if encoder.startswith("tu-"):
+        from timm.models import get_pretrained_cfg
+
+        try:
+            config = get_pretrained_cfg(encoder[3:])
+        except RuntimeError:  # an unknown tag: timm's own error follows below
+            config = None
+        if config is not None and config.hf_hub_id:
+            repo_id, _, revision = config.hf_hub_id.partition("@")
+    else:
+        settings = smp.encoders.encoders.get(encoder, {}).get("pretrained_settings", {})
+        repo_id = settings.get(weights, {}).get("repo_id")
+        revision = settings.get(weights, {}).get("revision")
+    if allowed or repo_id is None:
+        text = " ".join(str(error).split())[:300]
+        return GeodistillError(f"cannot download {what}: {text}")
+    url = hf_hub_url(repo_id, "model.safetensors", revision=revision or None)
+    return not_cached(
+        what, hf_cache_folder(repo_id), f"download {url} yourself and give the file as weights"
+    )
+
+
+def _torchgeo_encoder_file(name: str, in_channels: int, allowed: bool) -> Path:
+    """The cached file of torchgeo weights for a student encoder; their first layer takes the
+    weights' own bands, so the student must be given exactly those, in that order."""
+    weights = torchgeo_weights(name)
+    bands = weights.meta.get("bands")
+    chans = int(weights.meta.get("in_chans") or (len(bands) if bands else in_channels))
+    if chans != in_channels:
+        listed = f" ({', '.join(bands)})" if bands else ""
+        raise GeodistillError(
+            f"student weights {name} take {chans} bands{listed}, the student has {in_channels}: "
+            "select those bands, in that order, with data.bands"
+        )
+    return torchgeo_weights_file(weights, allowed, "student weights", opt_in="")
+
+
 def _read_state_dict(path: Path) -> dict[str, Tensor]:
     """The state dict of a local weights file, read weights-only (a pickle never runs code)."""
-    from geodistill.models.teachers.checkpoint import read_weights_file  # imports this module
-
     state = read_weights_file(path)
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
@@ -205,9 +271,10 @@ def load_local_weights(model: SegmentationModel, path: str | Path) -> None:
     Keys are matched after stripping a file prefix (``model.``, ``student.``: a Lightning
     checkpoint) against, in turn, the whole model, the smp network (``encoder.``/``decoder.``/
     ``segmentation_head.``) and the encoder alone (bare keys, or under ``encoder.`` or
-    ``network.encoder.``), so the most complete match wins. An RGB first convolution is expanded to
-    the model's band count by cycling its filters and scaling by 3/N, which keeps the activation
-    scale (the rule smp uses for pretrained encoders).
+    ``network.encoder.``), so the most complete match wins; a timm-universal (``tu-``) encoder's
+    timm network also takes a plain timm state dict (timm and torchgeo weights). An RGB first
+    convolution is expanded to the model's band count by cycling its filters and scaling by 3/N,
+    which keeps the activation scale (the rule smp uses for pretrained encoders).
     """
     path = Path(path)
     state = _read_state_dict(path)
@@ -216,6 +283,9 @@ def load_local_weights(model: SegmentationModel, path: str | Path) -> None:
         (model.network, ("", "network.")),
         (model.network.encoder, ("", "encoder.", "network.encoder.")),
     ]
+    timm_network = getattr(model.network.encoder, "model", None)
+    if isinstance(timm_network, nn.Module):
+        targets.append((timm_network, ("",)))
     for prefix in ("model.", "student.", ""):
         for target, mounts in targets:
             own = target.state_dict()

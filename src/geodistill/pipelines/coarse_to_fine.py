@@ -15,7 +15,8 @@ import json
 import math
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,7 +28,8 @@ from geodistill.data import GeoSegDataModule
 from geodistill.data.datasets import Source
 from geodistill.errors import GeodistillError
 from geodistill.experiment import ExperimentResult, fit_and_test
-from geodistill.models.teachers.checkpoint import check_checkpoint
+from geodistill.models.checkpoint import check_checkpoint
+from geodistill.progress import PlannedRun, RunProgress
 from geodistill.tasks import CoarseToFineTask, SegmentationTask
 
 
@@ -188,9 +190,14 @@ def _supervised(config: CoarseToFineConfig, datamodule: GeoSegDataModule) -> Seg
 
 
 def run_method(
-    name: str, config: CoarseToFineConfig, run_dir: Path, teacher: str | Path | None = None
+    name: str,
+    config: CoarseToFineConfig,
+    run_dir: Path,
+    teacher: str | Path | None = None,
+    callbacks: Sequence[L.Callback] = (),
 ) -> ExperimentResult:
-    """Train and test one method of :data:`METHODS` into ``run_dir``."""
+    """Train and test one method of :data:`METHODS` into ``run_dir`` (``callbacks``: extra
+    Lightning callbacks, such as a progress line)."""
     check_methods([name])
     method = METHODS[name]
     L.seed_everything(config.seed, verbose=False)
@@ -227,6 +234,7 @@ def run_method(
         run_dir,
         max_epochs=epochs,
         check_val_every_n_epoch=config.check_val_every_n_epoch,
+        callbacks=callbacks,
         **config.trainer,
     )
 
@@ -316,6 +324,7 @@ def run_coarse_to_fine(
     overwrite: bool = False,
     resume: bool = False,
     option: str = "-o",
+    progress: RunProgress | None = None,
 ) -> dict[str, dict[str, float]]:
     """Stage 1 (unless ``teacher_checkpoint``), then every method; returns test metrics by name.
 
@@ -323,6 +332,8 @@ def run_coarse_to_fine(
     each distillation method as ``<output>/<method>/student.ckpt``. An output folder holding
     earlier runs is refused unless ``overwrite`` (they are removed first) or ``resume`` (methods
     recorded as complete by the same configuration are kept, the others run again).
+    ``progress`` announces each run (``run 2/5: joint (seed 0)``, the time left) and shows its
+    progress line; without it the runs are silent apart from Lightning's own output.
     """
     from geodistill.export import export_student
 
@@ -337,6 +348,12 @@ def run_coarse_to_fine(
             record = _load_record(output / name, fingerprint)
             if record is not None:
                 done[name] = record
+    progress = progress or RunProgress(enabled=False)
+    order = ["coarse_only"] if first or "coarse_only" in config.methods else []
+    order += [name for name in config.methods if name != "coarse_only"]
+    progress.plan([_planned(name, config, name in done) for name in order])
+    if progress.enabled:  # its one line per run replaces Lightning's bars (after the fingerprint)
+        config = replace(config, trainer={**config.trainer, "enable_progress_bar": False})
     stale = existing_runs(output) if overwrite else []
     stale += [output / n for n in needed if resume and n not in done and (output / n).exists()]
     for path in stale:  # old runs would otherwise sit beside the new ones (best-v1.ckpt)
@@ -351,14 +368,23 @@ def run_coarse_to_fine(
             results["coarse_only"] = done["coarse_only"]["metrics"]
             teacher = teacher or done["coarse_only"]["checkpoint"]
             seconds["coarse_only"] = done["coarse_only"]["seconds"]
+            progress.skip("coarse_only", "complete in an earlier run, kept (--resume)")
         else:
+            title = f"coarse_only (seed {config.seed})"
             if teacher is None:
-                result = run_method("coarse_only", config, output / "coarse_only")
+                callbacks = progress.start("coarse_only", title, _about("coarse_only"))
+                result = run_method("coarse_only", config, output / "coarse_only", None, callbacks)
                 teacher = str(result.checkpoint)
                 results["coarse_only"] = result.metrics
             else:
-                results["coarse_only"] = _test_checkpoint(config, teacher, output / "coarse_only")
+                callbacks = progress.start(
+                    "coarse_only", title, f"testing the given teacher {teacher}"
+                )
+                results["coarse_only"] = _test_checkpoint(
+                    config, teacher, output / "coarse_only", callbacks
+                )
             seconds["coarse_only"] = time.perf_counter() - start
+            progress.finish(seconds["coarse_only"])
             _save_record(
                 output / "coarse_only",
                 results["coarse_only"],
@@ -372,13 +398,16 @@ def run_coarse_to_fine(
         if name in done:
             results[name] = done[name]["metrics"]
             seconds[name] = done[name]["seconds"]
+            progress.skip(name, "complete in an earlier run, kept (--resume)")
             continue
         start = time.perf_counter()
-        result = run_method(name, config, output / name, teacher)
+        callbacks = progress.start(name, f"{name} (seed {config.seed})", _about(name))
+        result = run_method(name, config, output / name, teacher, callbacks)
         results[name] = result.metrics
         if METHODS[name].kind == "distill":
             export_student(result.checkpoint, output / name / "student.ckpt", overwrite=True)
         seconds[name] = time.perf_counter() - start
+        progress.finish(seconds[name])
         _save_record(output / name, result.metrics, result.checkpoint, seconds[name], fingerprint)
     ordered = {n: results[n] for n in BASELINE_ORDER if n in results}
     report = {"seed": config.seed, "teacher": teacher, "seconds": seconds, "results": ordered}
@@ -396,14 +425,45 @@ def _finite(value: Any) -> Any:
     return value
 
 
+def _planned(name: str, config: CoarseToFineConfig, complete: bool) -> PlannedRun:
+    """What run ``name`` trains on and for how many epochs, for the time-left estimate."""
+    method = METHODS[name]
+    if complete or (method.kind == "teacher" and config.teacher_checkpoint is not None):
+        return PlannedRun(name)  # nothing to train: kept, or only the given teacher tested
+    if method.kind == "teacher":
+        return PlannedRun(name, "coarse", config.teacher.max_epochs)
+    if method.kind == "distill":
+        return PlannedRun(name, "fine", config.student.max_epochs)
+    fine = method.train_on == "fine"
+    epochs = config.student.max_epochs if fine else config.teacher.max_epochs
+    return PlannedRun(name, method.train_on, epochs)
+
+
+def _about(name: str) -> str:
+    """What a run trains on and why, for its announcement."""
+    method = METHODS[name]
+    if method.kind == "teacher":
+        return "stage 1: the teacher, trained on the coarse labels alone"
+    if method.kind == "distill":
+        return f"{method.description} (stage 2: the fine labels + the teacher)"
+    return method.description
+
+
 def _test_checkpoint(
-    config: CoarseToFineConfig, checkpoint: str, run_dir: Path
+    config: CoarseToFineConfig,
+    checkpoint: str,
+    run_dir: Path,
+    callbacks: Sequence[L.Callback] = (),
 ) -> dict[str, float]:
     datamodule = build_datamodule(config.data, train_on="coarse", seed=config.seed)
     check_checkpoint(checkpoint)  # refuses a code-carrying pickle before Lightning reads it
     task = SegmentationTask.load_from_checkpoint(checkpoint, map_location="cpu")
     trainer = L.Trainer(
-        default_root_dir=run_dir, logger=False, enable_model_summary=False, **config.trainer
+        default_root_dir=run_dir,
+        logger=False,
+        enable_model_summary=False,
+        callbacks=list(callbacks),
+        **config.trainer,
     )
     trainer.test(task, datamodule=datamodule, verbose=False)
     return dict(task.test_results)
@@ -413,8 +473,9 @@ def write_results_table(
     results: dict[str, dict[str, float]] | list[dict[str, dict[str, float]]],
     class_names: list[str],
 ) -> str:
-    """Markdown table of mean ± std (%) per method over one or several seeds' results, with the
-    share of the fine-only → oracle mIoU gap each method recovers."""
+    """Markdown table of mean ± std (%) per method over several seeds' results (the plain value
+    for one run: a spread of one value says nothing), with the share of the fine-only → oracle
+    mIoU gap each method recovers."""
     import numpy as np
 
     runs = results if isinstance(results, list) else [results]
@@ -431,7 +492,7 @@ def write_results_table(
         cells = [name]
         for key in keys:
             mean, std = mean_std(name, key)
-            cells.append(f"{mean:.2f} ± {std:.2f}")
+            cells.append(f"{mean:.2f} ± {std:.2f}" if len(runs) > 1 else f"{mean:.2f}")
         if "fine_only" in names and "oracle" in names:
             gaps = []
             for r in runs:

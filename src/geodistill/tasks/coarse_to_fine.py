@@ -28,8 +28,8 @@ from geodistill.errors import GeodistillError
 from geodistill.losses.attention import distillation_attention
 from geodistill.losses.distillation import FeatureDistillation, prediction_distillation
 from geodistill.models import SegmentationModel, SegmentationOutput
+from geodistill.models.checkpoint import TrainedNetwork, load_trained_network
 from geodistill.models.student import select_levels
-from geodistill.models.teachers.checkpoint import TrainedNetwork, load_trained_network
 from geodistill.tasks.schedules import Schedule
 from geodistill.tasks.segmentation import SegmentationTask
 

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from geodistill.data.teacher_cache import attach_teacher_cache
 from geodistill.errors import GeodistillError
 from geodistill.losses.alignment import FeatureAlignment, alignment_terms
 from geodistill.losses.distillation import prediction_distillation
@@ -265,8 +266,6 @@ class KnowledgeTransferTask(SegmentationTask):
             return  # the same student trained on the labels alone: no teacher to load
         self.attach_teacher(build_teacher(self.teacher_spec, self.band_names))
         if self.hparams.teacher_cache is not None:
-            from geodistill.data.teacher_cache import attach_teacher_cache
-
             attach_cache_rank_zero_first(self, attach_teacher_cache, self.teacher)
 
     def on_fit_start(self) -> None:

@@ -51,9 +51,18 @@ class TeacherSpec:
         kind: registered teacher kind: ``geodistill`` (a task checkpoint), ``timm``, ``torchgeo``
             or ``onnx``.
         path: the local weights file: checkpoint, state dict (``.pt``/``.pth``/``.safetensors``)
-            or ``.onnx`` model. Nothing is ever downloaded.
+            or ``.onnx`` model.
         arch: the timm model name (``vit_base_patch14_dinov2``...) or torchgeo weights name
             (``ResNet50_Weights.SENTINEL2_ALL_MOCO``); unused by ``geodistill`` and ``onnx``.
+            A timm name with a pretrained tag (``vit_small_patch14_dinov2.lvd142m``) and no
+            ``path`` names weights, like ``weights``.
+        weights: pretrained weights by name, loaded from the library's cache when ``path`` is
+            not given: a timm pretrained name (``vit_small_patch14_dinov2.lvd142m``, or the bare
+            tag ``lvd142m`` beside ``arch``) or torchgeo weights
+            (``ResNet50_Weights.SENTINEL2_ALL_DINO``).
+        download: let the named ``weights`` be downloaded (by the library, into its cache) when
+            they are not cached; ``geodistill --allow-download`` (``GEODISTILL_ALLOW_DOWNLOAD=1``)
+            allows it for every spec. What was loaded, not this permission, is fingerprinted.
         layers: where features are taken: block indices (timm/torchgeo), level names
             (``encoder.<i>``/``decoder`` for geodistill) or tensor names (onnx).
         bands: for each teacher input band, in the teacher's order, the student band that feeds it
@@ -73,6 +82,8 @@ class TeacherSpec:
     kind: str = "geodistill"
     path: str | None = None
     arch: str | None = None
+    weights: str | None = None
+    download: bool = False
     layers: list[int | str] | None = None
     bands: list[int | str] | None = None
     expand_input: bool = False

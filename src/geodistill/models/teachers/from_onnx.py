@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from geodistill.errors import GeodistillError
+from geodistill.models.checkpoint import ONNX_METADATA_KEY, ModelCard
 from geodistill.models.teachers.bands import map_bands
 from geodistill.models.teachers.base import (
     InputNormalization,
@@ -58,10 +59,9 @@ def read_onnx(path: str | Path) -> onnx.ModelProto:
         raise GeodistillError(f"cannot read the ONNX model ({error})", path) from error
 
 
-def geodistill_card(model: onnx.ModelProto, path: str | Path) -> Any:
-    """The :class:`~geodistill.inference.ModelCard` of a geodistill export, else ``None``."""
-    from geodistill.inference.predictors import ONNX_METADATA_KEY, ModelCard
-
+def geodistill_card(model: onnx.ModelProto, path: str | Path) -> ModelCard | None:
+    """The :class:`~geodistill.models.checkpoint.ModelCard` of a geodistill export, else
+    ``None``."""
     meta = {entry.key: entry.value for entry in model.metadata_props}
     if ONNX_METADATA_KEY not in meta:
         return None

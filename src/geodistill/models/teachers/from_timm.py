@@ -3,7 +3,9 @@
 ViTs (DINOv2, CLIP, plain ViT), ConvNeXt, ResNet... are built by :func:`timm.create_model` and
 loaded through timm's own pretrained path (the model's checkpoint filter for original DINOv2/CLIP
 key names, position-embedding resampling, :func:`timm.models.adapt_input_conv` for another band
-count), from a file given by the user: nothing is downloaded. Features come from timm's
+count), from a file given by the user or from timm's pretrained weights by name
+(``vit_small_patch14_dinov2.lvd142m``), found in the Hugging Face hub cache and downloaded only
+with the user's opt-in (:mod:`geodistill.models.pretrained`). Features come from timm's
 ``forward_intermediates`` as ``(B, C, h, w)`` maps.
 
 The torchgeo kind builds its teachers with :func:`build_timm_teacher` too: torchgeo's pretrained
@@ -15,6 +17,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +26,9 @@ from timm.models import PretrainedCfg, clean_state_dict, get_pretrained_cfg
 from torch import Tensor, nn
 
 from geodistill.errors import GeodistillError
+from geodistill.models.checkpoint import freeze
+from geodistill.models.pretrained import downloads_allowed, hf_hub_file, torch_hub_file
+from geodistill.models.safe_load import check_weights_file, read_weights_file
 from geodistill.models.teachers.bands import map_bands
 from geodistill.models.teachers.base import (
     InputNormalization,
@@ -32,11 +38,6 @@ from geodistill.models.teachers.base import (
     TeacherSpec,
     register_teacher,
     register_teacher_check,
-)
-from geodistill.models.teachers.checkpoint import (
-    check_weights_file,
-    freeze,
-    read_weights_file,
 )
 
 RGB_BANDS = ["red", "green", "blue"]
@@ -81,6 +82,73 @@ def pretrained_config(arch: str, path: str | Path | None = None) -> PretrainedCf
         hint = f" (close: {', '.join(close)})" if close else ""
         raise GeodistillError(f"unknown timm model {arch!r}{hint}", path)
     return config or PretrainedCfg()
+
+
+TEACHER_OPT_IN = "teacher.download: true"
+"""The per-teacher way to allow a download, named in the refusal of uncached weights."""
+
+
+def _model_part(name: str) -> str:
+    return name.split(".", 1)[0]
+
+
+def timm_weights_name(spec: TeacherSpec) -> str | None:
+    """The timm pretrained name (``model.tag``) a spec asks for, or ``None`` (a local file, or
+    random weights): ``weights`` (a full name, or a bare tag completed by ``arch``), else an
+    ``arch`` with a tag when no ``path`` is given."""
+    if spec.weights is None:
+        if spec.download and spec.path is None:
+            raise GeodistillError(
+                "teacher.download is set but no weights are named: set teacher.weights "
+                "(a timm pretrained name such as vit_small_patch14_dinov2.lvd142m)"
+            )
+        tagged = spec.arch is not None and "." in spec.arch and spec.path is None
+        return spec.arch if tagged else None
+    name = spec.weights
+    if spec.arch and "." not in name and name != _model_part(spec.arch):
+        name = f"{_model_part(spec.arch)}.{name}"  # a bare tag beside its model
+    if spec.arch and _model_part(spec.arch) != _model_part(name):
+        raise GeodistillError(
+            f"teacher.arch {spec.arch!r} and teacher.weights {spec.weights!r} name different "
+            "timm models: give one of them",
+            spec.path,
+        )
+    return name
+
+
+def _safetensors_first(filename: str) -> list[str]:
+    """timm's order of files in a hub repository: a ``.bin`` file's safetensors twin first."""
+    if not filename.endswith(".bin"):
+        return [filename]
+    twins = {
+        "pytorch_model.bin": "model.safetensors",
+        "open_clip_pytorch_model.bin": "open_clip_model.safetensors",
+    }
+    return [twins.get(filename, filename[: -len(".bin")] + ".safetensors"), filename]
+
+
+def timm_weights_file(name: str, download: bool) -> Path:
+    """The local file of timm's pretrained weights ``name``, where timm would fetch it: its
+    Hugging Face hub repository (``timm/<name>``, through the hub cache) or, for the few weights
+    with only an address, torch.hub's cache. Downloaded only when ``download``."""
+    config = pretrained_config(name)
+    what = f"teacher weights {name!r}"
+    if config.hf_hub_id:
+        repo_id, _, revision = config.hf_hub_id.partition("@")
+        files = _safetensors_first(config.hf_hub_filename or "pytorch_model.bin")
+        return hf_hub_file(what, repo_id, files, revision or None, download, TEACHER_OPT_IN)
+    if config.url:
+        return torch_hub_file(what, config.url, download, TEACHER_OPT_IN)
+    tags = timm.list_pretrained(f"{_model_part(name)}.*")
+    hint = f" (its pretrained names: {', '.join(tags[:8])})" if tags else ""
+    raise GeodistillError(f"timm has no pretrained weights named {name!r}{hint}")
+
+
+def recorded_spec(spec: TeacherSpec, cached: Path | None = None) -> TeacherSpec:
+    """The spec a timm/torchgeo teacher records: for named weights, the ``cached`` file they were
+    read from (its bytes go into the fingerprint, its path into error messages); never the
+    permission to download, which changes nothing about the teacher."""
+    return replace(spec, path=str(cached) if cached is not None else spec.path, download=False)
 
 
 STATE_DICT_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model")
@@ -319,28 +387,42 @@ def check_weights_teacher(spec: TeacherSpec) -> None:
 
 @register_teacher("timm")
 def build_timm_kind(spec: TeacherSpec, student_bands: list[str]) -> Teacher:
-    """A teacher from any timm model name (``spec.arch``) and a local weights file.
+    """A teacher from any timm model name (``spec.arch``) and a local weights file or named
+    pretrained weights.
 
     ``spec.path`` is a state dict (``.pt``/``.pth``/``.safetensors``) in timm's or the original
-    release's key names; ``None`` builds the architecture with random weights, which is useful
-    only to time a teacher. ``spec.options`` are :func:`timm.create_model` arguments
+    release's key names. Without it, named weights (``spec.weights``, or ``spec.arch`` with a
+    pretrained tag) come from the Hugging Face hub cache — downloaded there by
+    ``huggingface_hub`` only with ``spec.download`` or ``--allow-download`` — and an untagged
+    ``spec.arch`` alone builds the architecture with random weights, which is useful only to
+    time a teacher. ``spec.options`` are :func:`timm.create_model` arguments
     (``in_chans``: the file's band count, 3 by default; ``num_classes``: the file's classifier
     rows, read from the file by default) plus ``intermediate_norm``. Normalisation defaults to
     the model's pretrained ``mean``/``std`` on values in ``[0, 1]`` (set ``teacher.scale`` for
     reflectance stored as integers).
     """
-    if not spec.arch:
-        raise GeodistillError("a timm teacher needs teacher.arch (a timm model name)", spec.path)
+    named = timm_weights_name(spec)
+    arch = named or spec.arch
+    if not arch:
+        raise GeodistillError(
+            "a timm teacher needs teacher.arch (a timm model name) or teacher.weights "
+            "(a timm pretrained name)",
+            spec.path,
+        )
+    cached = None
+    if named is not None and spec.path is None:
+        cached = timm_weights_file(named, downloads_allowed(spec.download))
+    spec = recorded_spec(spec, cached)
     options = dict(spec.options)
     file_chans = int(options.pop("in_chans", 3))
-    config = pretrained_config(spec.arch, spec.path)
+    config = pretrained_config(arch, spec.path)
     default = None
     if config.mean is not None and config.std is not None:
         default = (1.0, list(config.mean), list(config.std))
     return build_timm_teacher(
         spec,
         student_bands,
-        spec.arch,
+        arch,
         RGB_BANDS if file_chans == 3 else None,
         file_chans,
         default,

@@ -3,15 +3,17 @@
 ``teacher.arch`` names torchgeo weights (``ResNet18_Weights.SENTINEL2_ALL_MOCO``,
 ``ViTSmall16_Weights.SENTINEL2_ALL_DINO``...). Their metadata gives the timm architecture, the
 input band count and the band names (mapped by name onto the student's bands); their transforms
-give the input normalisation. The weights themselves come from ``teacher.path``, a file the user
-downloaded once (the error message gives the address): torchgeo's own loader would download it.
+give the input normalisation. The weights themselves come from ``teacher.path``, or from the
+file at the weights' address in torch.hub's cache (``$TORCH_HOME/hub/checkpoints``), where
+torchgeo's ``get_state_dict`` keeps them; torch.hub downloads it there only when the user allows
+it (``teacher.download: true``, ``--allow-download``). The file is then read weights-only, as any
+weights file (``get_state_dict`` itself would unpickle it without that guard).
 
 torchgeo is an optional extra (``pip install 'geodistill[torchgeo]'``), imported only here.
 """
 
 from __future__ import annotations
 
-import difflib
 import warnings
 from typing import Any
 
@@ -19,43 +21,21 @@ import numpy as np
 import timm
 
 from geodistill.errors import GeodistillError, GeodistillWarning
+from geodistill.models.pretrained import (
+    downloads_allowed,
+    torchgeo_weights,
+    torchgeo_weights_file,
+)
 from geodistill.models.teachers.base import Teacher, TeacherSpec, register_teacher
-from geodistill.models.teachers.from_timm import build_timm_teacher
+from geodistill.models.teachers.from_timm import (
+    TEACHER_OPT_IN,
+    build_timm_teacher,
+    recorded_spec,
+)
 
 GEOMETRIC_TRANSFORMS = {"Resize", "CenterCrop", "Identity"}
 """Transforms in torchgeo weights' pipelines that do not change values: the teacher runs on the
 student's own crops instead."""
-
-
-def _torchgeo_models(path: str | None) -> Any:
-    try:
-        import torchgeo.models as models
-    except ImportError as error:
-        raise GeodistillError(
-            f"the torchgeo teacher kind needs torchgeo ({error}): "
-            "pip install 'geodistill[torchgeo]'",
-            path,
-        ) from error
-    return models
-
-
-def _weights_of(models: Any, model: str) -> list[Any]:
-    try:
-        return list(models.get_model_weights(model))
-    except KeyError:  # torchgeo lists some models that have no weights
-        return []
-
-
-def torchgeo_weights(name: str, path: str | None = None) -> Any:
-    """The torchgeo ``WeightsEnum`` member called ``name`` (metadata only; nothing is fetched)."""
-    models = _torchgeo_models(path)
-    try:
-        return models.get_weight(name)
-    except (ValueError, KeyError):
-        known = [str(w) for model in models.list_models() for w in _weights_of(models, model)]
-        close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
-        hint = f" (close: {', '.join(close)})" if close else ""
-        raise GeodistillError(f"unknown torchgeo weights {name!r}{hint}", path) from None
 
 
 def transforms_normalization(transforms: Any) -> tuple[float, list[float], list[float]] | None:
@@ -88,31 +68,41 @@ def transforms_normalization(transforms: Any) -> tuple[float, list[float], list[
 
 @register_teacher("torchgeo")
 def build_torchgeo_teacher(spec: TeacherSpec, student_bands: list[str]) -> Teacher:
-    """A teacher from torchgeo weights (``spec.arch``) stored in the local file ``spec.path``.
+    """A teacher from torchgeo weights (``spec.weights`` or ``spec.arch``) stored in the local
+    file ``spec.path``, or else in torch.hub's cache (downloaded there only with
+    ``spec.download`` or ``--allow-download``).
 
     Normalisation: the spec's values, else the weights' own ``Normalize`` transforms (often
     ``mean=0, std=10000`` for Sentinel-2 reflectance), else none (``scale`` 1, with a warning).
     """
-    if not spec.arch:
+    if spec.weights and spec.arch and spec.weights != spec.arch:
         raise GeodistillError(
-            "a torchgeo teacher needs teacher.arch, the weights' name "
+            f"teacher.arch {spec.arch!r} and teacher.weights {spec.weights!r} name different "
+            "torchgeo weights: give one of them",
+            spec.path,
+        )
+    name = spec.weights or spec.arch
+    if not name:
+        raise GeodistillError(
+            "a torchgeo teacher needs teacher.weights, the weights' name "
             "(e.g. ResNet18_Weights.SENTINEL2_ALL_MOCO)",
             spec.path,
         )
-    weights = torchgeo_weights(spec.arch, spec.path)
+    weights = torchgeo_weights(name, spec.path)
     meta = dict(weights.meta)
-    if spec.path is None:
-        raise GeodistillError(
-            f"a torchgeo teacher needs teacher.path, the weights file of {spec.arch} "
-            f"(download it once from {weights.url})"
-        )
     arch = str(meta.get("model", ""))
     if not timm.is_model(arch):
         raise GeodistillError(
-            f"{spec.arch} is a {arch or 'non-timm'} model, not a timm one: only timm-based "
+            f"{name} is a {arch or 'non-timm'} model, not a timm one: only timm-based "
             "torchgeo weights (ResNet, ViT...) can be teachers",
             spec.path,
         )
+    cached = None
+    if spec.path is None:  # after the checks: nothing is fetched for a teacher refused
+        cached = torchgeo_weights_file(
+            weights, downloads_allowed(spec.download), opt_in=TEACHER_OPT_IN
+        )
+    spec = recorded_spec(spec, cached)
     bands = meta.get("bands")
     file_chans = int(meta.get("in_chans") or (len(bands) if bands else 3))
     if bands is not None and len(bands) != file_chans:
@@ -120,7 +110,7 @@ def build_torchgeo_teacher(spec: TeacherSpec, student_bands: list[str]) -> Teach
     default = transforms_normalization(weights.transforms)
     if default is None and spec.mean is None and spec.std is None:
         warnings.warn(
-            f"cannot read the input normalisation of {spec.arch}: raw values go in; "
+            f"cannot read the input normalisation of {name}: raw values go in; "
             "set teacher.scale/mean/std",
             GeodistillWarning,
             stacklevel=2,
@@ -133,5 +123,5 @@ def build_torchgeo_teacher(spec: TeacherSpec, student_bands: list[str]) -> Teach
         file_chans,
         default,
         spec.options,
-        label=f"{arch} ({spec.arch})",
+        label=f"{arch} ({name})",
     )

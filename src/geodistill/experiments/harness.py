@@ -1,0 +1,271 @@
+"""Run an experiment: check everything, run what is missing (N at once), write the results.
+
+Everything that can be checked is checked before the first run and before anything is written:
+the output folder (refused when it holds an earlier experiment unless ``--overwrite`` or
+``--resume``), every run's merged config (parsed like ``geodistill fit`` would), and under
+``--resume`` every finished run's fingerprint. Runs go in-process one after the other, or with
+``jobs > 1`` as that many subprocesses on one thread each; a run starts only once the stage runs
+it uses have finished.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from geodistill.atomic import atomic_output, check_output
+from geodistill.errors import GeodistillError
+from geodistill.experiments.file import STAGES_FOLDER, Experiment
+from geodistill.experiments.runs import (
+    RUN_RECORD,
+    RunSpec,
+    check_run_config,
+    execute_run,
+    plan_runs,
+    read_record,
+    write_run_config,
+)
+from geodistill.experiments.summary import figure, machine, markdown, summarise, summary_json
+
+RESULTS_JSON = "results.json"
+RESULTS_MD = "results.md"
+RESULTS_PNG = "results.png"
+EXPERIMENT_COPY = "experiment.yaml"
+RUN_LOG = "run.log"
+"""A subprocess run's output (``--jobs N``), in its folder."""
+
+
+def experiment_outputs(output: Path, experiment: Experiment) -> list[Path]:
+    """What an earlier run of ``experiment`` left in ``output`` (what a new one replaces)."""
+    names = [RESULTS_JSON, RESULTS_MD, RESULTS_PNG, EXPERIMENT_COPY, STAGES_FOLDER]
+    names += list(experiment.variants)
+    return [output / name for name in names if (output / name).exists()]
+
+
+def check_output_folder(
+    output: str | Path,
+    experiment: Experiment,
+    overwrite: bool = False,
+    resume: bool = False,
+    option: str = "-o",
+) -> Path:
+    """Refuse an output folder holding an earlier run of the experiment unless ``overwrite`` or
+    ``resume``, or one that cannot be written."""
+    if overwrite and resume:
+        raise GeodistillError("--overwrite and --resume exclude each other: choose one")
+    return check_output(
+        output,
+        "folder",
+        overwrite or resume,
+        option,
+        replaces=lambda folder: experiment_outputs(folder, experiment),
+        exists_hint=", or --resume to finish its runs",
+    )
+
+
+def check_runs(runs: Sequence[RunSpec], experiment: Experiment) -> None:
+    """Parse each distinct merged config (seeds differ in numbers only) like ``geodistill fit``."""
+    seen: set[tuple[str, str, str | None]] = set()
+    for run in runs:
+        group = (run.kind, run.name, run.budget)
+        if group not in seen:
+            seen.add(group)
+            check_run_config(run.resolved_config(), run.where, experiment.path)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _progress(index: int, total: int, run: RunSpec, text: str) -> None:
+    print(f"[{index}/{total}] {run.key}: {text}", flush=True)
+
+
+def _headline(record: dict[str, Any], metric: str) -> str:
+    value = record["metrics"].get(metric)
+    shown = "nan" if value is None else f"{100 * value:.2f}"
+    return f"done in {record['seconds']:.0f} s, {metric} {shown}"
+
+
+def _run_sequentially(todo: list[RunSpec], metric: str) -> dict[str, dict[str, Any]]:
+    records = {}
+    for index, run in enumerate(todo, start=1):
+        _progress(index, len(todo), run, "running")
+        write_run_config(run)
+        records[run.key] = execute_run(run.folder, run.record_fields())
+        _progress(index, len(todo), run, _headline(records[run.key], metric))
+    return records
+
+
+def _failure(run: RunSpec, code: int) -> GeodistillError:
+    log = run.folder / RUN_LOG
+    try:
+        errors = [
+            line for line in log.read_text().splitlines() if line.startswith("geodistill: error:")
+        ]
+    except OSError:
+        errors = []
+    if errors:
+        return GeodistillError(f"{run.key}: {errors[-1].removeprefix('geodistill: error: ')}")
+    return GeodistillError(
+        f"the run failed (exit status {code}); its output is in {log}", run.folder
+    )
+
+
+def _run_in_parallel(
+    todo: list[RunSpec], jobs: int, finished: set[str], metric: str
+) -> dict[str, dict[str, Any]]:
+    """Up to ``jobs`` subprocesses (one thread each); a run waits for the stage runs it uses."""
+    records: dict[str, dict[str, Any]] = {}
+    pending = list(todo)
+    running: dict[str, tuple[subprocess.Popen[bytes], RunSpec, Any]] = {}
+    done = set(finished)
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    count = 0
+    try:
+        while pending or running:
+            for run in list(pending):
+                if len(running) >= jobs:
+                    break
+                if not all(need.key in done for need in run.needs):
+                    continue
+                pending.remove(run)
+                count += 1
+                _progress(count, len(todo), run, "started")
+                write_run_config(run)
+                log = (run.folder / RUN_LOG).open("wb")
+                fields = json.dumps(run.record_fields())
+                command = [sys.executable, "-m", "geodistill.experiments.worker"]
+                process = subprocess.Popen(
+                    [*command, str(run.folder), fields],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=environment,
+                )
+                running[run.key] = (process, run, log)
+            if not running:  # a dependency was not in the plan: cannot happen for a valid plan
+                raise GeodistillError("no run can start: a stage run it needs is missing")
+            time.sleep(0.2)
+            for key, (process, run, log) in list(running.items()):
+                code = process.poll()
+                if code is None:
+                    continue
+                log.close()
+                del running[key]
+                if code != 0:
+                    raise _failure(run, code)
+                records[key] = json.loads((run.folder / RUN_RECORD).read_text())
+                done.add(key)
+                print(f"  {key}: {_headline(records[key], metric)}", flush=True)
+    finally:
+        for process, _, log in running.values():  # a failure or Ctrl-C: stop the others
+            process.terminate()
+            process.wait()
+            log.close()
+    return records
+
+
+def run_experiment(
+    experiment: Experiment,
+    output: str | Path | None = None,
+    overwrite: bool = False,
+    resume: bool = False,
+    jobs: int = 1,
+    command: str = "",
+    option: str = "-o",
+) -> Path:
+    """Run every missing run of ``experiment`` into ``output`` (default: the file's ``output``)
+    and write ``results.json``, ``results.md`` and ``results.png``; returns ``results.md``."""
+    if output is None:
+        if experiment.output is None:
+            raise GeodistillError("output: missing; set it or give -o", experiment.path)
+        output, option = experiment.output, f"output (in {experiment.path})"
+    if jobs < 1:
+        raise GeodistillError(f"--jobs must be >= 1, got {jobs}")
+    folder = check_output_folder(output, experiment, overwrite, resume, option)
+    runs = plan_runs(experiment, folder)
+    check_runs(runs, experiment)
+    finished: dict[str, dict[str, Any]] = {}
+    if resume:
+        for run in runs:
+            record = read_record(run)  # refuses a run of another config before anything runs
+            if record is not None:
+                finished[run.key] = record
+    # Every check has passed: clear what is replaced, then run.
+    stale = experiment_outputs(folder, experiment) if overwrite else []
+    stale += [run.folder for run in runs if run.key not in finished and run.folder.exists()]
+    for path in stale:
+        _remove(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    todo = [run for run in runs if run.key not in finished]
+    if finished:
+        print(f"--resume: {len(finished)} finished run(s) kept, {len(todo)} to run", flush=True)
+    start = time.perf_counter()
+    if jobs == 1 or len(todo) <= 1:
+        finished.update(_run_sequentially(todo, experiment.metric))
+    else:
+        finished.update(_run_in_parallel(todo, jobs, set(finished), experiment.metric))
+    seconds = time.perf_counter() - start
+    records = [finished[run.key] for run in runs]
+    return write_results(experiment, folder, records, command, seconds, len(todo))
+
+
+def write_results(
+    experiment: Experiment,
+    folder: Path,
+    records: list[dict[str, Any]],
+    command: str,
+    seconds: float,
+    ran: int | None = None,
+) -> Path:
+    """``results.json`` (every run), ``results.md`` and ``results.png``, each written atomically,
+    and a copy of the experiment file."""
+    budgets = [b.name for b in experiment.budgets]
+    variants = list(experiment.variants)
+    summary = summarise(records, experiment.metric, experiment.baseline, variants, budgets)
+    ran = len(records) if ran is None else ran
+    header = {
+        "Experiment": f"`{experiment.path}`",
+        "Command": f"`{command}`" if command else "–",
+        "Machine": machine(),
+        "Date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "Seeds": ", ".join(str(s) for s in experiment.seeds),
+        "Wall time": f"{seconds:.0f} s for the {ran} run(s) run now ({len(records)} in all)",
+    }
+    report = {
+        "experiment": str(experiment.path),
+        "command": command,
+        "machine": header["Machine"],
+        "date": header["Date"],
+        "seconds": round(seconds, 1),
+        "metric": experiment.metric,
+        "baseline": experiment.baseline,
+        "seeds": experiment.seeds,
+        "budgets": {b.name: b.overrides for b in experiment.budgets},
+        "variants": variants,
+        "stages": list(experiment.stages),
+        "summary": summary_json(summary),
+        "runs": records,
+    }
+    with atomic_output(folder / RESULTS_JSON) as temporary:
+        temporary.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
+    text = markdown(summary, records, header, list(experiment.stages))
+    with atomic_output(folder / RESULTS_MD) as temporary:
+        temporary.write_text(text)
+    with atomic_output(folder / RESULTS_PNG, suffix=".png") as temporary:
+        figure(summary, temporary)
+    if experiment.path.is_file():
+        with atomic_output(folder / EXPERIMENT_COPY) as temporary:
+            temporary.write_text(experiment.path.read_text())
+    return folder / RESULTS_MD

@@ -1,0 +1,275 @@
+"""``geodistill compare``: experiment files, runs (stage + variants x seeds), resume, jobs, tables.
+
+One real experiment (tiny data, tiny student, 1 epoch: a teacher stage and 2 variants x 2 seeds)
+is run once for the module and inspected by several tests; the table arithmetic is checked on
+hand-made numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from fixtures_small import cli_main, config_dict, make_dataset, torch_threads, write_config
+from harness import assert_refused, run_cli, tree_state
+
+from geodistill.errors import GeodistillError
+from geodistill.experiments import load_experiment
+from geodistill.experiments.runs import plan_runs
+from geodistill.experiments.summary import (
+    Difference,
+    Spread,
+    format_difference,
+    format_mean_std,
+    markdown,
+    summarise,
+)
+
+SEEDS = [0, 1]
+DISTILLED = {
+    "model": {
+        "class_path": "geodistill.tasks.CoarseToFineTask",
+        "init_args": {"teacher": "${stages.teacher.checkpoint}"},
+    }
+}
+
+
+def _experiment(root: Path, **changes: Any) -> dict[str, Any]:
+    return {
+        "base": "base.yaml",
+        "output": str(root / "out"),
+        "seeds": SEEDS,
+        "baseline": "plain",
+        "stages": {"teacher": {"overrides": {"model": {"init_args": {"lr": 0.02}}}}},
+        "variants": {"plain": {}, "distilled": DISTILLED},
+        **changes,
+    }
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> dict[str, Path]:
+    """Tiny data and a 1-epoch base config of a tiny student."""
+    root = tmp_path_factory.mktemp("compare")
+    data = make_dataset(root / "data", n=8)
+    write_config(root / "base.yaml", config_dict(data, root / "unused", max_epochs=1))
+    return {"root": root, "data": data}
+
+
+@pytest.fixture(scope="module")
+def done(workspace) -> dict[str, Path]:
+    """The tiny experiment, run once (in-process, one thread)."""
+    root = workspace["root"]
+    experiment = write_config(root / "experiment.yaml", _experiment(root))
+    with torch_threads(1):
+        assert cli_main(["compare", "--config", str(experiment)]) == 0
+    return {**workspace, "experiment": experiment, "out": root / "out"}
+
+
+def test_every_run_finished_with_its_record_and_the_results_are_written(done):
+    out = done["out"]
+    folders = [out / "stages" / "teacher" / f"seed{s}" for s in SEEDS]
+    folders += [out / v / "base" / f"seed{s}" for v in ("plain", "distilled") for s in SEEDS]
+    for folder in folders:
+        record = json.loads((folder / "run.json").read_text())
+        assert 0.0 <= record["metrics"]["test/mIoU"] <= 1.0
+        assert "test/IoU/target" in record["metrics"]  # every test metric is recorded
+        assert Path(record["checkpoint"]) == folder / "checkpoints" / "best.ckpt"
+        assert Path(record["checkpoint"]).is_file() and record["seconds"] > 0
+        assert len(record["fingerprint"]) == 16
+    results = json.loads((out / "results.json").read_text())
+    assert len(results["runs"]) == 6
+    assert results["metric"] == "test/mIoU" and results["baseline"] == "plain"
+    summary = results["summary"]["base"]
+    assert summary["plain"]["n"] == 2 and "difference" not in summary["plain"]
+    difference = summary["distilled"]["difference"]
+    values = summary["distilled"]["values"]
+    expected = [values[str(s)] - summary["plain"]["values"][str(s)] for s in SEEDS]
+    assert difference["values"] == pytest.approx(dict(zip(("0", "1"), expected, strict=True)))
+    assert difference["mean"] == pytest.approx(sum(expected) / 2)
+    table = (out / "results.md").read_text()
+    assert "| variant | test/mIoU | Δ vs plain | seeds | s/run |" in table
+    assert "/2 seeds" in table and "Machine:" in table and "geodistill compare --config" in table
+    assert "| teacher | shared |" in table
+    assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_each_seed_uses_its_own_stage_checkpoint(done):
+    out = done["out"]
+    for seed in SEEDS:
+        config = yaml.safe_load(
+            (out / "distilled" / "base" / f"seed{seed}" / "config.yaml").read_text()
+        )
+        teacher = config["model"]["init_args"]["teacher"]
+        assert teacher == str(
+            out / "stages" / "teacher" / f"seed{seed}" / "checkpoints" / "best.ckpt"
+        )
+        assert config["seed_everything"] == seed and config["data"]["init_args"]["seed"] == seed
+        assert config["checkpoint"]["dirpath"].startswith(str(out / "distilled"))
+
+
+def test_an_existing_output_is_refused_without_resume_or_overwrite(done, capsys):
+    before = tree_state(done["out"])
+    outcome = run_cli(capsys, "compare", "--config", done["experiment"])
+    assert_refused(outcome, "out", "already exists", "--overwrite", "--resume")
+    assert tree_state(done["out"]) == before
+
+
+def test_resume_reruns_nothing(done, capsys):
+    records = sorted(done["out"].rglob("run.json"))
+    assert len(records) == 6
+    before = {p: p.stat().st_mtime_ns for p in records}
+    outcome = run_cli(capsys, "compare", "--config", done["experiment"], "--resume")
+    assert outcome.code == 0, outcome.err
+    assert "6 finished run(s) kept, 0 to run" in outcome.out
+    assert {p: p.stat().st_mtime_ns for p in records} == before
+
+
+def test_resume_refuses_a_changed_config(done, capsys):
+    changed = _experiment(done["root"], variants={"plain": {"trainer": {"max_epochs": 2}}})
+    changed["variants"]["distilled"] = DISTILLED
+    path = write_config(done["root"] / "changed.yaml", changed)
+    before = tree_state(done["out"])
+    outcome = run_cli(capsys, "compare", "--config", path, "--resume")
+    assert_refused(outcome, "plain/base/seed0", "another configuration", "--overwrite")
+    assert tree_state(done["out"]) == before
+
+
+def test_jobs_runs_in_subprocesses(workspace, tmp_path, capsys):
+    shutil.copy(workspace["root"] / "base.yaml", tmp_path / "base.yaml")
+    experiment = {"base": "base.yaml", "seeds": [3, 4], "variants": {"plain": {}}}
+    path = write_config(tmp_path / "jobs.yaml", experiment)
+    outcome = run_cli(capsys, "compare", "--config", path, "-o", tmp_path / "out", "--jobs", "2")
+    assert outcome.code == 0, outcome.err
+    for seed in (3, 4):
+        folder = tmp_path / "out" / "plain" / "base" / f"seed{seed}"
+        assert json.loads((folder / "run.json").read_text())["seed"] == seed
+        assert (folder / "run.log").is_file()
+    assert "| plain |" in (tmp_path / "out" / "results.md").read_text()
+
+
+# --------------------------------------------------------------------------------------------
+# experiment files
+
+
+@pytest.mark.parametrize(
+    ("change", "needles"),
+    [
+        ({"base": None}, ["base: missing"]),
+        ({"seeds": []}, ["seeds:", "non-empty"]),
+        ({"baseline": "plainn"}, ["baseline:", "did you mean plain?"]),
+        ({"variant": {}}, ["variant: unknown key", "did you mean variants?"]),
+        (
+            {
+                "variants": {
+                    "plain": {},
+                    "d": {"model": {"init_args": {"t": "${stages.teachr.checkpoint}"}}},
+                }
+            },
+            ["variants.d.model.init_args.t:", "unknown stage 'teachr'", "did you mean teacher?"],
+        ),
+        ({"budgets": [{"train_limt": 2}]}, ["budgets[0].train_limt", "did you mean train_limit?"]),
+        ({"budgets": [{"train_limit": 2, "domain": "coarse"}]}, ["no data.init_args.coarse"]),
+        (
+            {"variants": {"plain": {"trainr": {}}}},
+            ["variants.plain.trainr", "did you mean trainer?"],
+        ),
+        ({"metric": "test/mIU"}, ["metric:", "did you mean mIoU?"]),
+    ],
+)
+def test_bad_experiment_files_name_the_file_and_key(workspace, tmp_path, change, needles):
+    experiment = {k: v for k, v in {**_experiment(tmp_path), **change}.items() if v is not None}
+    shutil.copy(workspace["root"] / "base.yaml", tmp_path / "base.yaml")
+    path = write_config(tmp_path / "bad.yaml", experiment)
+    with pytest.raises(GeodistillError) as error:
+        load_experiment(path)
+    assert str(error.value).startswith(f"{path}: ")
+    for needle in needles:
+        assert needle in str(error.value)
+
+
+def test_a_bad_key_in_a_variant_is_refused_before_any_run(workspace, tmp_path, capsys):
+    shutil.copy(workspace["root"] / "base.yaml", tmp_path / "base.yaml")
+    variants = {"plain": {}, "fast": {"model": {"init_args": {"lrr": 0.1}}}}
+    path = write_config(tmp_path / "bad.yaml", _experiment(tmp_path, variants=variants))
+    outcome = run_cli(capsys, "compare", "--config", path)
+    assert_refused(outcome, str(path), "variants.fast: model.init_args.lrr", "did you mean lr?")
+    assert not (tmp_path / "out").exists()
+
+
+def test_budgets_are_data_overrides_with_short_names(workspace, tmp_path):
+    shutil.copy(workspace["root"] / "base.yaml", tmp_path / "base.yaml")
+    budgets = [
+        {"train_limit": 2},
+        {"train_ratio": 0.5},
+        {"name": "tiny", "overrides": {"data": {"init_args": {"batch_size": 2}}}},
+    ]
+    path = write_config(tmp_path / "b.yaml", _experiment(tmp_path, budgets=budgets, stages=None))
+    path.write_text(path.read_text().replace("${stages.teacher.checkpoint}", "t.ckpt"))
+    experiment = load_experiment(path)
+    assert [b.name for b in experiment.budgets] == ["limit2", "ratio0.5", "tiny"]
+    fine = experiment.budgets[0].overrides["data"]["init_args"]["fine"]
+    assert fine == {"train_limit": 2, "train_ratio": None}
+    runs = plan_runs(experiment, tmp_path / "o")
+    assert len(runs) == 2 * 3 * 2
+    run = next(r for r in runs if r.key == "plain/ratio0.5/seed1")
+    assert run.config["data"]["init_args"]["fine"]["train_ratio"] == 0.5
+    assert run.config["data"]["init_args"]["fine"]["val_fraction"] == 0.25  # merged, not replaced
+
+
+# --------------------------------------------------------------------------------------------
+# the table's arithmetic
+
+
+def _record(variant: str, seed: int, miou: float | None) -> dict[str, Any]:
+    return {
+        "kind": "variant",
+        "name": variant,
+        "budget": "base",
+        "seed": seed,
+        "metrics": {"test/mIoU": miou},
+        "seconds": 1.0,
+    }
+
+
+def test_paired_differences_on_hand_made_numbers():
+    base, method = [0.50, 0.60, 0.55], [0.52, 0.63, 0.54]
+    runs = [_record("base", s, v) for s, v in enumerate(base)]
+    runs += [_record("method", s, v) for s, v in enumerate(method)]
+    summary = summarise(runs, "test/mIoU", "base", ["base", "method"], ["base"])
+    spread = summary.spreads["base"]["base"]
+    assert spread.mean == pytest.approx(0.55) and spread.std == pytest.approx(0.05)
+    assert format_mean_std(spread) == "55.00 ± 5.00"
+    difference = summary.differences["base"]["method"]
+    assert difference.values == pytest.approx({0: 0.02, 1: 0.03, 2: -0.01})
+    assert difference.std == pytest.approx(
+        math.sqrt((0.02**2 + 0.03**2 + 0.01**2 - 3 * (0.04 / 3) ** 2) / 2)
+    )
+    assert format_difference(difference) == "+1.33 ± 2.08 (2/3 seeds > 0)"
+    table = markdown(summary, runs, {"Command": "`x`"})
+    assert "| method | 56.33 ± 5.86 | +1.33 ± 2.08 (2/3 seeds > 0) | 3 | 1 |" in table
+
+
+def test_single_seeds_missing_values_and_negative_means():
+    assert format_mean_std(Spread({0: 0.5})) == "50.00"  # never "± 0.00"
+    assert format_difference(Difference({0: -0.02})) == "-2.00 (1/1 seeds < 0)"
+    assert format_difference(Difference({0: -0.03, 1: 0.01, 2: -0.01})) == (
+        "-1.00 ± 2.00 (2/3 seeds < 0)"
+    )
+    assert format_mean_std(Spread({})) == "–" and format_difference(Difference({})) == "–"
+    # A NaN score (null in run.json) is left out; pairs need both seeds.
+    runs = [_record("a", 0, 0.4), _record("a", 1, 0.5), _record("b", 0, None), _record("b", 1, 0.6)]
+    summary = summarise(runs, "test/mIoU", "a", ["a", "b"], ["base"])
+    assert summary.spreads["base"]["b"].n == 1
+    assert format_difference(summary.differences["base"]["b"]) == "+10.00 (1/1 seeds > 0)"
+
+
+def test_compare_is_a_listed_command_with_help(capsys):
+    outcome = run_cli(capsys, "--help")
+    assert "  compare " in outcome.out
+    outcome = run_cli(capsys, "compare", "--help")
+    assert outcome.code == 0 and "paired differences" in " ".join(outcome.out.split())
