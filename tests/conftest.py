@@ -1,13 +1,14 @@
-"""Shared test fixtures: small helpers that write tiny rasters into ``tmp_path``."""
+"""Shared test fixtures: one thread for every test, an empty working folder, tiny rasters, and one
+real fitted checkpoint (``trained_run``)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
-from fixtures_small import write_tif
+from fixtures_small import torch_threads, write_tif
 from rasterio.transform import from_origin
 
 TEST_CRS = "EPSG:32633"
@@ -28,6 +29,21 @@ def _write_raster(
     )
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread() -> Iterator[None]:
+    """Tiny models run on one thread: on a small, busy CPU extra threads only wait on each other
+    (a 4-epoch fit takes ~1.3 s on one thread, ~4.5 s on two with another job running)."""
+    with torch_threads(1):
+        yield
+
+
+@pytest.fixture
+def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Run from an empty folder, so a stray relative output would be noticed (and not litter)."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
 @pytest.fixture
 def write_raster() -> Callable[..., Path]:
     """``write_raster(path, data, nodata=None, descriptions=None, crs=..., transform=...)``."""
@@ -40,18 +56,12 @@ def trained_run(tmp_path_factory) -> dict[str, Path]:
 
     Shared by the bad-input catalogue (payload checkpoints are built from ``last``); read-only.
     """
-    import torch
     from fixtures_small import cli_main, config_dict, make_dataset, write_config
 
     root = tmp_path_factory.mktemp("trained_run")
     data = make_dataset(root / "data", n=4)
     config = write_config(root / "fit.yaml", config_dict(data, root / "out", max_epochs=1))
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert cli_main(["fit", "--config", str(config)]) == 0
-    finally:
-        torch.set_num_threads(before)
+    assert cli_main(["fit", "--config", str(config)]) == 0
     return {
         "data": data,
         "config": config,

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 import torch
-from fixtures_small import CLASSES, TINY_MODEL, config_dict, torch_threads, write_config
+from fixtures_small import CLASSES, TINY_MODEL, config_dict, write_config
 from harness import Payload, assert_refused, payload_checkpoint, run_cli, tree_state
 
 from geodistill.errors import GeodistillError
@@ -26,20 +26,12 @@ from geodistill.export import export_student
 from geodistill.models.checkpoint import check_checkpoint, read_checkpoint
 from geodistill.models.safe_load import read_weights_file
 
+pytestmark = pytest.mark.usefixtures("in_tmp")
+
+
 LEVELS = ["encoder.-3", "encoder.-2", "encoder.-1"]
 CODE = "could run code"
 """The words every refusal of a code-carrying pickle uses."""
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with torch_threads(1):
-        yield
-
-
-@pytest.fixture(autouse=True)
-def _in_tmp(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # stray relative outputs would show up here
 
 
 @pytest.fixture

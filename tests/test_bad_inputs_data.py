@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +25,6 @@ from fixtures_small import (
     Y0,
     config_dict,
     make_dataset,
-    torch_threads,
     write_config,
     write_tif,
 )
@@ -38,11 +37,7 @@ from geodistill.errors import GeodistillWarning
 CLASSES = "background,building"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.chdir(tmp_path)  # a stray relative output would land here and be noticed
-    with torch_threads(1):
-        yield
+pytestmark = pytest.mark.usefixtures("in_tmp")
 
 
 def run_quiet(capsys, *args: object) -> Outcome:

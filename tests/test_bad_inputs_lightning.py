@@ -25,7 +25,6 @@ from fixtures_small import (
     chip_transform,
     config_dict,
     make_dataset,
-    torch_threads,
     write_config,
     write_tif,
 )
@@ -36,19 +35,10 @@ from geodistill.cli import lightning_cli  # noqa: F401
 from geodistill.data.labels import _LABELLED_COUNTS, count_labelled
 from geodistill.tasks.segmentation import BestCheckpoint
 
+pytestmark = pytest.mark.usefixtures("in_tmp")
+
+
 COMMANDS = ("fit", "validate", "test", "predict")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with torch_threads(1):
-        yield
-
-
-@pytest.fixture(autouse=True)
-def _in_tmp(tmp_path, monkeypatch):
-    """Run every command from an empty folder, so stray relative outputs would be noticed."""
-    monkeypatch.chdir(tmp_path)
 
 
 @pytest.fixture(scope="module")

@@ -35,7 +35,6 @@ from fixtures_small import (
     chip_transform,
     config_dict,
     make_dataset,
-    torch_threads,
     write_config,
     write_tif,
 )
@@ -43,6 +42,9 @@ from harness import assert_refused, run_cli, tree_state
 
 # Imported before any test: Lightning binds its log handler to the sys.stderr of the moment.
 from geodistill.cli import lightning_cli  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("in_tmp")
+
 
 SCRIPT = Path(sys.executable).with_name("geodistill")
 READ_ONLY_ROOT = Path("/sys/geodistill-test")
@@ -62,18 +64,6 @@ def _sys_is_read_only() -> bool:
 needs_read_only_sys = pytest.mark.skipif(
     not _sys_is_read_only(), reason="/sys is writable here (the probe-failure cases cover it)"
 )
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with torch_threads(1):
-        yield
-
-
-@pytest.fixture(autouse=True)
-def _in_tmp(tmp_path, monkeypatch):
-    """Every command runs from an empty folder, so stray relative outputs would be noticed."""
-    monkeypatch.chdir(tmp_path)
 
 
 @pytest.fixture(scope="module")

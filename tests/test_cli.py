@@ -26,7 +26,6 @@ from fixtures_small import (
     cli,
     config_dict,
     make_dataset,
-    torch_threads,
     write_config,
     write_tif,
 )
@@ -38,19 +37,10 @@ from geodistill.cli import lightning_cli  # noqa: F401
 from geodistill.cli.main import main
 from geodistill.errors import GeodistillError
 
+pytestmark = pytest.mark.usefixtures("in_tmp")
+
+
 SCRIPT = Path(sys.executable).with_name("geodistill")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with torch_threads(1):
-        yield
-
-
-@pytest.fixture(autouse=True)
-def _in_tmp(tmp_path, monkeypatch):
-    """Run every command from an empty folder, so stray relative outputs would be noticed."""
-    monkeypatch.chdir(tmp_path)
 
 
 def script_env() -> dict[str, str]:

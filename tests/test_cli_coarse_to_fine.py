@@ -8,16 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from fixtures_small import CLASSES, TINY_MODEL, make_dataset, torch_threads
+from fixtures_small import CLASSES, TINY_MODEL, make_dataset
 from test_cli import assert_user_error, cli
 
 from geodistill.tasks import SegmentationTask
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with torch_threads(1):
-        yield
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import rasterio
 import torch
-from fixtures_small import TINY_MODEL, make_dataset, torch_threads
+from fixtures_small import TINY_MODEL, make_dataset
 from torch import Tensor, nn
 
 from geodistill.data.raster import read_image
@@ -41,12 +41,6 @@ from geodistill.tasks import CoarseToFineTask, SegmentationTask
 
 CLASSES = ["background", "mining"]
 IGNORE = 255
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with torch_threads(1):
-        yield
 
 
 def quiet_fit(*args: Any, **kwargs: Any):

@@ -23,13 +23,6 @@ from geodistill.losses.distillation import (
 IGNORE = 255
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def halves(size: int = 8) -> torch.Tensor:
     """A ``(1, size, size)`` class map: left half 0, right half 1."""

@@ -37,12 +37,6 @@ from geodistill.tasks import SegmentationTask
 BANDS = ["b0", "b1", "b2", "b3"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with torch_threads(1):
-        yield
-
-
 class FunctionPredictor:
     """A predictor whose output is a known per-pixel function of the input (or a constant)."""
 

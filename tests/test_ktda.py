@@ -29,7 +29,6 @@ from fixtures_small import (
     TINY_MODEL,
     config_dict,
     make_dataset,
-    torch_threads,
     write_config,
 )
 from test_cli import assert_user_error
@@ -60,12 +59,6 @@ BANDS = ["b0", "b1", "b2", "b3"]
 LEVELS = ["encoder.-3", "encoder.-2", "encoder.-1"]
 """The tiny encoder has 4 levels, the first being the input: these are its three stages."""
 SMALL_FMM = {"depth": 1, "heads": 8, "mlp_ratio": 2.0}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with torch_threads(1):
-        yield
 
 
 def run_cli(*args: str) -> tuple[int, str, str]:

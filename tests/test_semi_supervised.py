@@ -27,7 +27,6 @@ from fixtures_small import (
     TINY_MODEL,
     config_dict,
     make_dataset,
-    torch_threads,
     write_config,
     write_tif,
 )
@@ -66,12 +65,6 @@ BANDS = ["b0", "b1", "b2", "b3"]
 TIMM_TEACHER = {"kind": "timm", "arch": "resnet10t", "layers": [3], "bands": ["b0", "b1", "b2"]}
 """A tiny timm CNN with random weights (no ``path``: nothing is read or downloaded); its stage 3
 has 256 channels at stride 16, the tiny student's deepest level 128 at stride 8."""
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with torch_threads(1):
-        yield
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from fixtures_small import CLASSES, make_dataset, torch_threads, write_tif
+from fixtures_small import CLASSES, make_dataset, write_tif
 from rasterio.windows import Window
 from torch import Tensor, nn
 from torch.utils.data import ConcatDataset, DataLoader
@@ -42,12 +42,6 @@ NODATA = -1.0
 IGNORE = 255
 CHIPS = {"a": (40, 40), "b": (24, 40), "c": (10, 12)}  # c is smaller than a window
 EXPECTED_WINDOWS = {"a": 9, "b": 6, "c": 1}  # origins 0, 16, 24 | 0, 8 | 0
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    with torch_threads(1):
-        yield
 
 
 # ------------------------------------------------------------------------------------ teachers

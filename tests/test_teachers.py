@@ -11,7 +11,7 @@ import onnx
 import pytest
 import timm
 import torch
-from fixtures_small import TINY_MODEL, torch_threads
+from fixtures_small import TINY_MODEL
 from safetensors.torch import save_file
 from torch import Tensor, nn
 from torchvision.transforms import v2
@@ -27,12 +27,6 @@ RGB = ["red", "green", "blue"]
 TINY_VIT = {"depth": 4, "embed_dim": 32, "num_heads": 2, "img_size": 112}
 """A 4-block, 32-wide ViT of any timm ViT architecture; 112 is a whole number of 14- and
 16-pixel patches."""
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with torch_threads(1):
-        yield
 
 
 def timm_model(arch: str, seed: int = 0, **kwargs) -> nn.Module:

@@ -20,7 +20,6 @@ from fixtures_small import (
     CLASSES,
     TINY_MODEL,
     make_dataset,
-    torch_threads,
 )
 from safetensors.torch import save_file
 from torch import Tensor, nn
@@ -48,12 +47,6 @@ ARCH_KWARGS = {
     "upernet": {"encoder_depth": 3, "decoder_channels": 16},
     "segformer": {"encoder_depth": 3, "decoder_segmentation_channels": 16},
 }
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with torch_threads(1):
-        yield
 
 
 def tiny(in_channels: int = 5, num_classes: int = 2, encoder: str = ENCODER, **kwargs):

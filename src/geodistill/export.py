@@ -72,6 +72,16 @@ def export_student(
     if exporter is None:
         known = ", ".join(EXPORTERS)
         raise GeodistillError(f"unknown export format {output.suffix!r} (known: {known})", output)
+    source = _read_source(checkpoint, output, overwrite, tile_size)
+    exporter(source, Path(checkpoint), output)
+    return output
+
+
+def _read_source(
+    checkpoint: str | Path, output: Path, overwrite: bool, tile_size: int | None
+) -> dict[str, Any]:
+    """The checkpoint to export (weights-only), once the output and tile size are acceptable;
+    ``tile_size`` overrides the recorded training tile."""
     if output.exists() and not overwrite:
         raise GeodistillError("already exists; pass --overwrite to replace it", output)
     if tile_size is not None and tile_size < 1:
@@ -79,8 +89,7 @@ def export_student(
     source = read_checkpoint(checkpoint)
     if tile_size is not None:
         source.setdefault("geodistill", {})["tile_size"] = tile_size
-    exporter(source, Path(checkpoint), output)
-    return output
+    return source
 
 
 def export_int8(
@@ -111,13 +120,7 @@ def export_int8(
     if calibration is None:
         raise GeodistillError("--quantize needs --calibration CHIPS (a folder or glob of chips)")
     check_max_disagreement(max_disagreement)
-    if output.exists() and not overwrite:
-        raise GeodistillError("already exists; pass --overwrite to replace it", output)
-    if tile_size is not None and tile_size < 1:
-        raise GeodistillError(f"tile size must be positive, got {tile_size}")
-    source = read_checkpoint(checkpoint)
-    if tile_size is not None:
-        source.setdefault("geodistill", {})["tile_size"] = tile_size
+    source = _read_source(checkpoint, output, overwrite, tile_size)
     card = card_from_checkpoint(source)
     tiles = read_calibration(calibration, card, calibration_count)
     with tempfile.TemporaryDirectory(prefix="geodistill-export-") as work:
