@@ -17,6 +17,7 @@ import rasterio
 import torch
 import yaml
 from affine import Affine
+from harness import run_cli, run_main
 from scipy import ndimage
 
 CRS = "EPSG:32633"
@@ -174,23 +175,10 @@ def write_config(path: str | Path, config: dict[str, Any]) -> Path:
 
 
 def cli(capsys: Any, *args: str) -> tuple[int, str, str]:
-    """Run ``geodistill ARGS`` in-process: (exit code, stdout, stderr)."""
-    from geodistill.cli.main import main
-
-    capsys.readouterr()
-    try:
-        code = main(list(args))
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
+    """Run ``geodistill ARGS`` in-process: (exit code, stdout, stderr) — :func:`run_cli`."""
+    outcome = run_cli(capsys, *args)
+    return outcome.code, outcome.out, outcome.err
 
 
-def cli_main(args: list[str]) -> int:
-    """Run ``geodistill ARGS`` in-process without capturing output; return the exit code."""
-    from geodistill.cli.main import main
-
-    try:
-        return main(args)
-    except SystemExit as exit_:
-        return exit_.code if isinstance(exit_.code, int) else 1
+cli_main = run_main
+"""Run ``geodistill ARGS`` in-process without capturing output; return the exit code."""

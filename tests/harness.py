@@ -8,7 +8,13 @@ checkpoint carrying a pickle payload (:func:`payload_checkpoint`) proves that lo
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
+import os
+import subprocess
+import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,17 +37,72 @@ class Outcome:
         return [line for line in self.err.splitlines() if line.startswith(ERROR_PREFIX)]
 
 
-def run_cli(capsys: Any, *args: str) -> Outcome:
-    """Run ``geodistill ARGS`` in-process and capture its exit code and output."""
+SCRIPT = Path(sys.executable).with_name("geodistill")
+"""The console script a user runs (for the cases that must see a real process)."""
+
+
+def script_env() -> dict[str, str]:
+    """A CI-like environment for the console script: no colours, one thread per process, and
+    none of a parent's Lightning/DDP variables."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PL_", "MASTER_", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE"))
+    }
+    env.update(CI="true", NO_COLOR="1", OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    return env
+
+
+def script(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess[str]:
+    """Run the console script as a user would; output captured as text."""
+    return subprocess.run(
+        [str(SCRIPT), *args],
+        cwd=cwd,
+        env=script_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def run_main(args: list[str]) -> int:
+    """Run ``geodistill ARGS`` in-process (output not captured); return the exit code.
+
+    The one in-process runner of the tests: argparse's ``--help`` exits through SystemExit.
+    """
     from geodistill.cli.main import main
 
-    capsys.readouterr()
     try:
-        code = main([str(arg) for arg in args])
+        return main([str(arg) for arg in args])
     except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 1
+        return exit_.code if isinstance(exit_.code, int) else 1
+
+
+def run_cli(capsys: Any, *args: str) -> Outcome:
+    """Run ``geodistill ARGS`` in-process and capture its exit code and output."""
+    capsys.readouterr()
+    code = run_main(list(args))
     out, err = capsys.readouterr()
     return Outcome(code, out, err)
+
+
+def run_quietly(*args: str) -> tuple[int, str, str]:
+    """``geodistill ARGS`` in-process with its output redirected: for module-scoped fixtures,
+    where pytest's per-test ``capsys`` is not available; warnings are ignored."""
+    out, err = io.StringIO(), io.StringIO()
+    with (
+        contextlib.redirect_stdout(out),
+        contextlib.redirect_stderr(err),
+        warnings.catch_warnings(),
+    ):
+        warnings.simplefilter("ignore")
+        code = run_main(list(args))
+    return code, out.getvalue(), err.getvalue()
+
+
+def assert_user_error(code: int, err: str, *needles: str) -> None:
+    """:func:`assert_refused` for a ``(code, err)`` pair."""
+    assert_refused(Outcome(code, "", err), *needles)
 
 
 def assert_refused(outcome: Outcome, *needles: str) -> str:

@@ -17,7 +17,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -38,7 +37,7 @@ from fixtures_small import (
     write_config,
     write_tif,
 )
-from harness import assert_refused, run_cli, tree_state
+from harness import SCRIPT, assert_refused, run_cli, script_env, tree_state
 
 # Imported before any test: Lightning binds its log handler to the sys.stderr of the moment.
 from geodistill.cli import lightning_cli  # noqa: F401
@@ -46,7 +45,6 @@ from geodistill.cli import lightning_cli  # noqa: F401
 pytestmark = pytest.mark.usefixtures("in_tmp")
 
 
-SCRIPT = Path(sys.executable).with_name("geodistill")
 READ_ONLY_ROOT = Path("/sys/geodistill-test")
 """Under ``/sys`` nothing can be created, not even by root."""
 
@@ -382,7 +380,7 @@ def fake_training(monkeypatch):
 
     calls: list[str] = []
 
-    def run_method(name, config, run_dir, teacher=None):
+    def run_method(name, config, run_dir, teacher=None, callbacks=()):
         calls.append(name)
         best = Path(run_dir) / "checkpoints" / "best.ckpt"
         best.parent.mkdir(parents=True, exist_ok=True)
@@ -458,12 +456,6 @@ def test_predict_overwrite_replaces(inputs, tmp_path, capsys):
 # temporaries of a killed writer are removed by the next run
 
 
-def _script_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PL_", "LOCAL_RANK"))}
-    env.update(CI="true", NO_COLOR="1", OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    return env
-
-
 def _hidden(folder: Path) -> list[str]:
     return (
         sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
@@ -475,7 +467,7 @@ def _hidden(folder: Path) -> list[str]:
 def _kill_once_temps_appear(args: list[str], folder: Path, cwd: Path, timeout: float = 120) -> None:
     """Start ``geodistill ARGS``, ``kill -9`` it as soon as ``folder`` holds a temporary."""
     process = subprocess.Popen(
-        [str(SCRIPT), *args], cwd=cwd, env=_script_env(),
+        [str(SCRIPT), *args], cwd=cwd, env=script_env(),
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
     deadline = time.monotonic() + timeout
@@ -495,7 +487,7 @@ def _kill_once_temps_appear(args: list[str], folder: Path, cwd: Path, timeout: f
 
 def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     done = subprocess.run(
-        [str(SCRIPT), *args], cwd=cwd, env=_script_env(), capture_output=True, text=True,
+        [str(SCRIPT), *args], cwd=cwd, env=script_env(), capture_output=True, text=True,
         timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]

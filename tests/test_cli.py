@@ -11,8 +11,6 @@ import csv
 import json
 import os
 import shutil
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -29,6 +27,7 @@ from fixtures_small import (
     write_config,
     write_tif,
 )
+from harness import assert_user_error, script
 from shapely.geometry import box
 
 # Imported here, not first inside a test: Lightning binds its log handler to the sys.stderr of
@@ -40,43 +39,8 @@ from geodistill.errors import GeodistillError
 pytestmark = pytest.mark.usefixtures("in_tmp")
 
 
-SCRIPT = Path(sys.executable).with_name("geodistill")
-
-
-def script_env() -> dict[str, str]:
-    """A CI-like environment for the console script: no colours, one thread per process."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("PL_", "MASTER_", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE"))
-    }
-    env.update(CI="true", NO_COLOR="1", OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    return env
-
-
-def script(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(SCRIPT), *args],
-        cwd=cwd,
-        env=script_env(),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
 def error_lines(err: str) -> list[str]:
     return [line for line in err.splitlines() if line.startswith("geodistill: error:")]
-
-
-def assert_user_error(code: int, err: str, *needles: str) -> None:
-    """Exit status 2, exactly one 'geodistill: error:' line naming the file, no traceback."""
-    assert code == 2, err
-    assert "Traceback" not in err
-    lines = error_lines(err)
-    assert len(lines) == 1, err
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 def assert_debug_raises(*args: str) -> BaseException:

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from fixtures_small import CLASSES, TINY_MODEL, make_dataset
-from test_cli import assert_user_error, cli
+from fixtures_small import CLASSES, TINY_MODEL, cli, make_dataset
+from harness import assert_user_error
 
 from geodistill.tasks import SegmentationTask
 

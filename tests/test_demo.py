@@ -20,10 +20,11 @@ def test_demo_runs_both_stages_and_writes_every_output(tmp_path, monkeypatch):
     with torch_threads(1):
         text = run_demo(tmp_path, epochs={"teacher": 1, "student": 1}, dataset=SMALL)
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert set(summary["test_mIoU"]) == {"fine_only", "coarse_only", "attentive"}
+    assert set(summary["test_mIoU"]) == {"fine_only", "coarse_only", "naive_finetune", "attentive"}
     assert all(0.0 <= v <= 1.0 for v in summary["test_mIoU"].values())
     table = (tmp_path / "metrics.md").read_text()
     assert "SYNTHETIC" in table and "| attentive |" in table and "| fine_only |" in table
+    assert "| naive_finetune |" in table and "coarse_only = the stage-1 teacher" in table
     assert "attentive" in text and "fine_only" in text
     for name in ("fine_only", "attentive"):
         with (

@@ -77,9 +77,10 @@ def test_demo_announces_the_three_stages_in_order_then_testing_and_the_scene(dem
     expected = [
         "Data: 4 region-A chips with coarse outlines, 6 region-B chips with exact labels "
         "(4 to train, 2 to pick checkpoints), 2 held-out region-B test chips",
-        "Stage 1/3: teacher on region A's coarse outlines (4 chips, 1 epoch)",
-        "Stage 2/3: student on 4 exact region-B chips, distilled from the teacher (attentive",
-        "Stage 3/3: baseline fine_only on the same 4 chips, no teacher",
+        "Stage 1/4: teacher on region A's coarse outlines (4 chips, 1 epoch)",
+        "Stage 2/4: student on 4 exact region-B chips, distilled from the teacher (attentive",
+        "Stage 3/4: baseline naive_finetune: the teacher fine-tuned on the same 4 chips",
+        "Stage 4/4: baseline fine_only on the same 4 chips, no teacher",
         "Each model was tested on the 2 held-out region-B chips",
         "Whole scene: mapping the 96×96 px region-B scene",
     ]
@@ -87,15 +88,16 @@ def test_demo_announces_the_three_stages_in_order_then_testing_and_the_scene(dem
     assert -1 not in positions, said
     assert positions == sorted(positions)
     # The time left appears once the remaining stages' kind of training has been timed: the
-    # baseline trains on the same fine chips as the student before it.
-    assert re.search(r"Stage 3/3: .*\(about [0-9a-z ]+ left\)\n", said)
-    assert "left)" not in said.split("Stage 3/3")[0]
+    # baselines train on the same fine chips as the student before them.
+    assert re.search(r"Stage 3/4: .*\(about [0-9a-z ]+ left\)\n", said)
+    assert re.search(r"Stage 4/4: .*\(about [0-9a-z ]+ left\)\n", said)
+    assert "left)" not in said.split("Stage 3/4")[0]
 
 
 def test_each_stage_ends_as_one_progress_line_with_its_scores(demo_run):
     # tqdm redraws a line with "\r" and ends it with "\n": one finished line per stage.
     lines = demo_run["said"].split("\n")
-    for name in ("coarse_only", "attentive", "fine_only"):
+    for name in ("coarse_only", "attentive", "naive_finetune", "fine_only"):
         bars = [line for line in lines if line.lstrip("\r").startswith(f"{name}:")]
         assert len(bars) == 1, bars
         final = bars[0].split("\r")[-1]
@@ -121,8 +123,8 @@ def test_final_list_names_outputs_that_exist_and_the_table_has_no_spread(demo_ru
     assert {"metrics.md", "figure.png", "summary.json", "student.ckpt"} <= names
     assert {"scene_fine_only.tif", "scene_attentive.tif"} <= names
     table = text.split("\n\noutputs:")[0]
-    rows = [line.split()[0] for line in table.splitlines()[3:6]]
-    assert rows == ["coarse_only", "attentive", "fine_only"]  # stage order
+    rows = [line.split()[0] for line in table.splitlines()[3:7]]
+    assert rows == ["coarse_only", "attentive", "naive_finetune", "fine_only"]  # stage order
     assert "±" not in text
     markdown = (output / "metrics.md").read_text()
     assert "| attentive |" in markdown and "±" not in markdown

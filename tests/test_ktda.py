@@ -31,7 +31,7 @@ from fixtures_small import (
     make_dataset,
     write_config,
 )
-from test_cli import assert_user_error
+from harness import assert_user_error, run_quietly
 from timm.layers import LayerScale2d
 from torch import Tensor
 
@@ -61,27 +61,6 @@ LEVELS = ["encoder.-3", "encoder.-2", "encoder.-1"]
 SMALL_FMM = {"depth": 1, "heads": 8, "mlp_ratio": 2.0}
 
 
-def run_cli(*args: str) -> tuple[int, str, str]:
-    """``geodistill ARGS`` in-process from a module fixture (capsys is per test)."""
-    import contextlib
-    import io
-
-    from geodistill.cli.main import main
-
-    out, err = io.StringIO(), io.StringIO()
-    with (
-        contextlib.redirect_stdout(out),
-        contextlib.redirect_stderr(err),
-        warnings.catch_warnings(),
-    ):
-        warnings.simplefilter("ignore")
-        try:
-            code = main(list(args))
-        except SystemExit as exit_:
-            code = exit_.code if isinstance(exit_.code, int) else 1
-    return code, out.getvalue(), err.getvalue()
-
-
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -99,7 +78,7 @@ def teacher_ckpt(data) -> Path:
     """A tiny geodistill teacher: one epoch of ``geodistill fit``."""
     out = data / "teacher_run"
     config = write_config(data / "teacher.yaml", config_dict(data / "train", out, max_epochs=1))
-    code, _, err = run_cli("fit", "--config", str(config))
+    code, _, err = run_quietly("fit", "--config", str(config))
     assert code == 0, err
     return out / "checkpoints" / "last.ckpt"
 
@@ -133,7 +112,7 @@ def fitted(data, teacher_ckpt) -> SimpleNamespace:
     out = data / "ktda_run"
     config = write_config(data / "ktda.yaml", ktda_config(data, teacher_ckpt, out))
     teacher_hash = sha256(teacher_ckpt)
-    code, _, err = run_cli("fit", "--config", str(config))
+    code, _, err = run_quietly("fit", "--config", str(config))
     assert code == 0, err
     return SimpleNamespace(
         out=out, last=out / "checkpoints" / "last.ckpt", teacher_hash=teacher_hash
@@ -759,7 +738,7 @@ def test_bad_ktda_config_is_one_clear_line(data, teacher_ckpt, tmp_path, capsys,
 
 def test_the_demo_config_parses():
     config = Path(__file__).parents[1] / "configs" / "ktda_demo.yaml"
-    code, out, err = run_cli("fit", "--config", str(config), "--print_config")
+    code, out, err = run_quietly("fit", "--config", str(config), "--print_config")
     assert code == 0, err
     assert "KnowledgeTransferTask" in out and "transformer" in out
 

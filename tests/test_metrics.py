@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from geodistill.metrics import (
+    PER_CLASS_KEYS,
     SUMMARY_KEYS,
     BoundaryF1,
     SegmentationMetrics,
@@ -91,9 +92,8 @@ def test_region_metrics_match_hand_computed_values() -> None:
     for prefix, values in EXPECTED_PER_CLASS.items():
         for name, expected in zip(NAMES, values, strict=True):
             assert float(out[f"{prefix}/{name}"]) == _approx(expected), f"{prefix}/{name}"
-    expected_keys = set(SUMMARY_KEYS) | {
-        f"{p}/{n}" for p in ("IoU", "F1", "precision", "recall", "boundary_F1") for n in NAMES
-    }
+    expected_keys = set(SUMMARY_KEYS) | {f"{p}/{n}" for p in PER_CLASS_KEYS for n in NAMES}
+    assert "boundary_F1_sparse" in SUMMARY_KEYS and "boundary_F1_sparse" in PER_CLASS_KEYS
     assert set(out) == expected_keys
     assert all(v.ndim == 0 for v in out.values())
 
@@ -102,7 +102,7 @@ def test_class_absent_from_target_and_prediction_is_excluded_from_macro() -> Non
     out = _run(_metrics(num_classes=4), PREDS[None], TARGET[None])
     for key in ("mIoU", "F1", "precision", "recall", "OA", "kappa"):
         assert float(out[key]) == _approx(EXPECTED_SUMMARY[key]), key
-    for prefix in ("IoU", "F1", "precision", "recall", "boundary_F1"):
+    for prefix in PER_CLASS_KEYS:
         assert math.isnan(out[f"{prefix}/extra0"]), prefix
     for prefix, macro in (("IoU", "mIoU"), ("F1", "F1"), ("precision", "precision")):
         per_class = torch.stack([out[f"{prefix}/{n}"] for n in [*NAMES, "extra0"]])
@@ -120,17 +120,23 @@ def test_class_present_only_in_prediction_counts_in_macro() -> None:
     assert float(out["mIoU"]) == _approx(2.0 / 4)
 
 
+def _without_sparse(metrics: dict[str, Tensor]) -> dict[str, Tensor]:
+    """All but the sparse-label boundary F1, which scores predictions in narrow unlabelled gaps
+    between classes on purpose (tests/test_boundary_metrics.py)."""
+    return {k: v for k, v in metrics.items() if not k.startswith("boundary_F1_sparse")}
+
+
 def test_ignored_pixels_change_nothing() -> None:
-    reference = _run(_metrics(), PREDS[None], TARGET[None])
+    reference = _without_sparse(_run(_metrics(), PREDS[None], TARGET[None]))
     ignored = TARGET == I
     for fill in (0, 1, 2):
         preds = torch.where(ignored, torch.full_like(PREDS, fill), PREDS)
-        _assert_same(_run(_metrics(), preds[None], TARGET[None]), reference)
+        _assert_same(_without_sparse(_run(_metrics(), preds[None], TARGET[None])), reference)
     # An ignored frame with arbitrary predictions acts like the image border.
     target = torch.nn.functional.pad(TARGET, (2, 1, 1, 3), value=I)
     preds = torch.randint(0, 3, target.shape, generator=torch.Generator().manual_seed(0))
     preds[1:5, 2:6] = PREDS
-    _assert_same(_run(_metrics(), preds[None], target[None]), reference)
+    _assert_same(_without_sparse(_run(_metrics(), preds[None], target[None])), reference)
 
 
 def test_logits_give_the_same_result_as_class_ids() -> None:
@@ -331,14 +337,17 @@ def test_boundary_f1_is_dataset_level_not_mean_of_images() -> None:
     assert f1.tolist() == [_approx(0.6), _approx(2 / 3)]
 
 
-def test_boundary_only_in_prediction_scores_zero() -> None:
+def test_boundary_only_in_prediction_is_undefined() -> None:
     target = torch.zeros(5, 5, dtype=torch.long)
     preds = target.clone()
     preds[1:3, 1:3] = 1
-    # target has no boundary; the prediction has boundaries for classes 0 and 1 -> P = 0, R = 0/0
-    f1 = _run(BoundaryF1(3, tolerance=2, average="none"), preds, target)
-    assert f1[:2].tolist() == [0.0, 0.0]
-    assert math.isnan(f1[2])
+    # target has no boundary, so recall is 0/0 for every class: undefined, not 0, even though
+    # the prediction has boundaries for classes 0 and 1; the image adds nothing to the counts.
+    metric = BoundaryF1(3, tolerance=2, average="none")
+    f1 = _run(metric, preds, target)
+    assert all(math.isnan(v) for v in f1.tolist())
+    assert metric.pred_total.tolist() == [0, 0, 0]
+    assert math.isnan(_run(BoundaryF1(3), preds, target))
 
 
 def test_segmentation_metrics_boundary_keys_match_boundary_f1() -> None:
@@ -383,7 +392,9 @@ def test_metrics_to_markdown_tables() -> None:
         "precision/water": 0.6,
         "recall/water": 0.75,
         "boundary_F1/water": 1 / 3,
-        "IoU/a|b": float("nan"),
+        "boundary_F1_sparse": float("nan"),  # undefined: "–"
+        "boundary_F1_sparse/water": 0.25,
+        "IoU/a|b": float("nan"),  # undefined "–"; the keys left out are missing: "n/a"
     }
     expected = (
         "| metric | value |\n"
@@ -395,10 +406,12 @@ def test_metrics_to_markdown_tables() -> None:
         "| OA (%) | 76.92 |\n"
         "| kappa | 0.655 |\n"
         "| boundary F1 (%) | 41.67 |\n"
+        "| boundary F1, sparse labels (%) | – |\n"
         "\n"
-        "| class | IoU (%) | F1 (%) | precision (%) | recall (%) | boundary F1 (%) |\n"
-        "| --- | ---: | ---: | ---: | ---: | ---: |\n"
-        "| water | 50.00 | 66.67 | 60.00 | 75.00 | 33.33 |\n"
-        "| a\\|b | n/a | n/a | n/a | n/a | n/a |\n"
+        "| class | IoU (%) | F1 (%) | precision (%) | recall (%) | boundary F1 (%) "
+        "| boundary F1, sparse labels (%) |\n"
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |\n"
+        "| water | 50.00 | 66.67 | 60.00 | 75.00 | 33.33 | 25.00 |\n"
+        "| a\\|b | – | n/a | n/a | n/a | n/a | n/a |\n"
     )
     assert metrics_to_markdown(metrics, ["water", "a|b"]) == expected

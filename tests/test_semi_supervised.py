@@ -30,8 +30,7 @@ from fixtures_small import (
     write_config,
     write_tif,
 )
-from test_cli import assert_user_error
-from test_ktda import run_cli
+from harness import assert_user_error, run_quietly
 from torch import Tensor
 
 from geodistill.data import Domain, GeoSegDataModule, Source
@@ -93,7 +92,7 @@ def teacher_ckpt(data) -> Path:
     """A tiny geodistill teacher: one epoch of ``geodistill fit``."""
     out = data / "teacher_run"
     config = write_config(data / "teacher.yaml", config_dict(data / "train", out, max_epochs=1))
-    code, _, err = run_cli("fit", "--config", str(config))
+    code, _, err = run_quietly("fit", "--config", str(config))
     assert code == 0, err
     return out / "checkpoints" / "last.ckpt"
 
@@ -132,7 +131,7 @@ def semi_config(data: Path, out: Path, **model: Any) -> dict[str, Any]:
 def fit(data: Path, name: str, *args: str, **model: Any) -> SimpleNamespace:
     out = data / name
     config = write_config(data / f"{name}.yaml", semi_config(data, out, **model))
-    code, _, err = run_cli("fit", "--config", str(config), *args)
+    code, _, err = run_quietly("fit", "--config", str(config), *args)
     assert code == 0, err
     (metrics,) = out.glob("logs/version_*/metrics.csv")
     with metrics.open() as f:
@@ -605,7 +604,7 @@ def test_a_fused_run_resumes_and_validates_from_its_checkpoint(data, fused):
     state = torch.load(resumed.last, map_location="cpu", weights_only=False)["state_dict"]
     assert int(state["ema.n_averaged"]) == 6  # the EMA went on from step 4
     args = ("--config", str(fused.config), "--ckpt_path", str(fused.last))
-    code, out, err = run_cli("validate", *args)
+    code, out, err = run_quietly("validate", *args)
     assert code == 0, err
     assert "val/mIoU" in out
 
@@ -852,6 +851,6 @@ def test_training_without_an_unlabelled_stream_is_refused(data, tmp_path, capsys
 
 def test_the_demo_config_parses():
     config = Path(__file__).parents[1] / "configs" / "semi_supervised_demo.yaml"
-    code, out, err = run_cli("fit", "--config", str(config), "--print_config")
+    code, out, err = run_quietly("fit", "--config", str(config), "--print_config")
     assert code == 0, err
     assert "SemiSupervisedTask" in out and "train_ratio: 0.1" in out

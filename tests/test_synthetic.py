@@ -156,14 +156,16 @@ def test_coarse_labels_contain_fine_labels_and_are_larger() -> None:
     assert (coarse & ~fine).sum() >= 0.3 * coarse.sum()
 
 
-def test_regions_differ_spectrally() -> None:
+def test_regions_differ_moderately_spectrally() -> None:
+    # Neighbouring regions: a real shift (the few exact region-B labels have something to fix),
+    # but a moderate one, so that a region-A teacher still carries over to region B.
     mean_a = np.mean([img.reshape(6, -1).mean(axis=1) for img, _, _ in _chips("A", 8)], axis=0)
     mean_b = np.mean([img.reshape(6, -1).mean(axis=1) for img, _, _ in _chips("B", 8)], axis=0)
-    assert mean_b[0] - mean_a[0] > 300  # hazier, brighter blue in B
-    assert mean_a[3] - mean_b[3] > 200  # denser vegetation (NIR) in A
+    assert 100 < mean_b[0] - mean_a[0] < 500  # somewhat hazier, brighter blue in B
+    assert 150 < mean_a[3] - mean_b[3] < 700  # denser vegetation (NIR) in A
     ndvi_a = np.mean([_ndvi(img).mean() for img, _, _ in _chips("A", 8)])
     ndvi_b = np.mean([_ndvi(img).mean() for img, _, _ in _chips("B", 8)])
-    assert ndvi_a - ndvi_b > 0.15
+    assert 0.08 < ndvi_a - ndvi_b < 0.3
 
 
 @pytest.mark.parametrize("region", ["A", "B"])
