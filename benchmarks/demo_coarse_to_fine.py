@@ -1,7 +1,7 @@
 """Coarse-to-fine comparison on the built-in SYNTHETIC multispectral demo data.
 
 Every method of :data:`geodistill.pipelines.coarse_to_fine.METHODS` in the demo's harness
-(:func:`geodistill.demo.demo_config`: U-Net-R18, 6 bands, region-A coarse labels, 4 + 2 exact
+(:func:`geodistill.demo.demo_config`: U-Net-R18, 6 bands, region-A coarse labels, 3 + 2 exact
 region-B chips, region-B test chips), mean ± std over seeds. Each seed draws its own dataset.
 
     python benchmarks/demo_coarse_to_fine.py --seeds 0 1 2

@@ -539,3 +539,27 @@ def test_infer_shares_scenes_across_two_ddp_processes(exported, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     written = sorted(os.listdir(tmp_path / "out"))
     assert written == ["a_classes.tif", "b_classes.tif", "c_classes.tif"]
+
+
+@pytest.mark.parametrize(
+    ("width", "expected_mib"),
+    [(2048, None), (4096, 52), (16384, None)],  # None: the default cache
+)
+def test_gdal_cache_holds_a_tile_row_of_blocks_when_that_is_cheap(width, expected_mib):
+    """A 256-high tile row spans two rows of 512² blocks: the cache holds them (each block is
+    decoded once) when that fits under the limit, else keeps the default size."""
+    from types import SimpleNamespace
+
+    from geodistill.inference.scene import (
+        GDAL_CACHE_BYTES,
+        WRITE_CACHE_BYTES,
+        scene_cache_bytes,
+    )
+
+    src = SimpleNamespace(block_shapes=[(512, 512)] * 6, width=width, dtypes=["uint16"] * 6)
+    size = scene_cache_bytes(src, 256)
+    if expected_mib is None:
+        assert size == GDAL_CACHE_BYTES
+    else:
+        assert size == 2 * 512 * width * 12 + WRITE_CACHE_BYTES  # block rows x width x pixel
+        assert round(size / 2**20) == expected_mib

@@ -55,11 +55,8 @@ class ScenePrediction(L.LightningModule):
         (index,) = batch
         scene, outputs = self.jobs[index]
         show = self.progress and self.trainer.is_global_zero
-        on_cpu = self.device.type == "cpu"
-        # Read ahead when reading can overlap the model: on an accelerator, or with a CPU
-        # backend that releases the GIL and leaves the cores idle between its runs.
-        prefetch = not on_cpu or getattr(self.predictor, "overlaps_reads", False)
-        predict_scene(self.predictor, scene, outputs, self.options, show, prefetch, on_cpu)
+        prefetch = self.device.type != "cpu"
+        predict_scene(self.predictor, scene, outputs, self.options, show, prefetch)
         return index
 
 

@@ -94,9 +94,6 @@ def load_checkpoint_predictor(path: str | Path) -> TorchPredictor:
 class OnnxPredictor:
     """An exported student run by ONNX Runtime; its card comes from the file's metadata."""
 
-    overlaps_reads = True
-    """ONNX Runtime releases the GIL while it runs: the next tiles are read meanwhile."""
-
     def __init__(self, path: str | Path, providers: list[str] | None = None) -> None:
         self.path = Path(path)
         self._providers = providers

@@ -1,9 +1,10 @@
 """Dataset-level segmentation metrics (region and boundary quality) and report writers.
 
 Region metrics come from torchmetrics classification metrics sharing state through a
-``MetricCollection`` compute group; boundary quality comes from :class:`BoundaryF1`. All states are
-sum-reduced tensors, so accumulation over batches and DDP synchronisation are exact: every score is
-computed once from dataset-level counts, never averaged over batches or images.
+``MetricCollection`` compute group; boundary quality comes from :class:`BoundaryF1` and, for labels
+with unlabelled gaps between classes, :class:`SparseBoundaryF1`. All states are sum-reduced
+tensors, so accumulation over batches and DDP synchronisation are exact: every score is computed
+once from dataset-level counts, never averaged over batches or images.
 """
 
 from __future__ import annotations
@@ -11,12 +12,11 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import (
@@ -37,14 +37,35 @@ __all__ = [
     "SUMMARY_KEYS",
     "BoundaryF1",
     "SegmentationMetrics",
+    "UNDEFINED",
+    "SparseBoundaryF1",
+    "default_boundary_gap",
+    "format_metric",
+    "mean_defined",
     "metrics_to_json",
     "metrics_to_markdown",
 ]
 
-SUMMARY_KEYS: tuple[str, ...] = ("mIoU", "F1", "precision", "recall", "OA", "kappa", "boundary_F1")
+SUMMARY_KEYS: tuple[str, ...] = (
+    "mIoU",
+    "F1",
+    "precision",
+    "recall",
+    "OA",
+    "kappa",
+    "boundary_F1",
+    "boundary_F1_sparse",
+)
 """Dataset-level keys of :meth:`SegmentationMetrics.compute`, in report order."""
 
-PER_CLASS_KEYS: tuple[str, ...] = ("IoU", "F1", "precision", "recall", "boundary_F1")
+PER_CLASS_KEYS: tuple[str, ...] = (
+    "IoU",
+    "F1",
+    "precision",
+    "recall",
+    "boundary_F1",
+    "boundary_F1_sparse",
+)
 """Per-class key prefixes of :meth:`SegmentationMetrics.compute` (``f"{prefix}/{class_name}"``)."""
 
 
@@ -104,30 +125,44 @@ def _validate_config(num_classes: int, ignore_index: int | None) -> None:
         )
 
 
-def _boundary_pixels(labels: Tensor, valid: Tensor) -> Tensor:
-    """Valid pixels with a valid 4-neighbour of a different label.
+def _label_changes(labels: Tensor, region: Tensor) -> Tensor:
+    """Pixels of ``region`` with a 4-neighbour in ``region`` whose label differs.
 
-    Invalid (ignored) pixels behave like the outside of the image: they are never boundary pixels
-    and never make a neighbour one, because the true boundary position is unknown there.
+    Pixels outside ``region`` (and outside the image) never create a boundary: the true boundary
+    position is unknown there.
     """
-    edge = torch.zeros_like(valid)
-    vertical = (labels[:, 1:, :] != labels[:, :-1, :]) & valid[:, 1:, :] & valid[:, :-1, :]
+    edge = torch.zeros_like(region)
+    vertical = (labels[:, 1:, :] != labels[:, :-1, :]) & region[:, 1:, :] & region[:, :-1, :]
     edge[:, 1:, :] |= vertical
     edge[:, :-1, :] |= vertical
-    horizontal = (labels[:, :, 1:] != labels[:, :, :-1]) & valid[:, :, 1:] & valid[:, :, :-1]
+    horizontal = (labels[:, :, 1:] != labels[:, :, :-1]) & region[:, :, 1:] & region[:, :, :-1]
     edge[:, :, 1:] |= horizontal
     edge[:, :, :-1] |= horizontal
     return edge
 
 
+def _boundary_pixels(labels: Tensor, valid: Tensor) -> Tensor:
+    """Valid pixels with a valid 4-neighbour of a different label (see :class:`BoundaryF1`)."""
+    return _label_changes(labels, valid)
+
+
 def _dilate(mask: Tensor, radius: int) -> Tensor:
-    """Chebyshev dilation of a ``(B, H, W)`` bool mask: a (2r+1)x(2r+1) max-pool, GPU friendly."""
+    """Chebyshev dilation of a ``(B, H, W)`` bool mask by a (2r+1)x(2r+1) square.
+
+    Separable shifted ORs on the bool tensor (rows, then columns): the same result as a max-pool,
+    on any device, without a float copy and about 15x faster on a CPU.
+    """
     if radius == 0:
         return mask
-    pooled = F.max_pool2d(
-        mask.unsqueeze(1).float(), kernel_size=2 * radius + 1, stride=1, padding=radius
-    )
-    return pooled.squeeze(1) > 0
+    rows = mask.clone()
+    for k in range(1, radius + 1):
+        rows[:, :, k:] |= mask[:, :, :-k]
+        rows[:, :, :-k] |= mask[:, :, k:]
+    out = rows.clone()
+    for k in range(1, radius + 1):
+        out[:, k:, :] |= rows[:, :-k, :]
+        out[:, :-k, :] |= rows[:, k:, :]
+    return out
 
 
 def _nanmean(values: Tensor) -> Tensor:
@@ -142,44 +177,25 @@ def _ratio_or_zero(num: Tensor, den: Tensor) -> Tensor:
 def _boundary_f1_from_counts(
     pred_matched: Tensor, pred_total: Tensor, target_matched: Tensor, target_total: Tensor
 ) -> Tensor:
-    """Per-class F1 from dataset-level counts; NaN for classes with no boundary anywhere."""
+    """Per-class F1 from dataset-level counts; NaN for classes with no labelled boundary pixel.
+
+    Recall is undefined without a labelled boundary, and so is F1: such a class is left out of the
+    macro mean instead of scoring 0. A class with labelled boundaries but no predicted one has
+    recall 0 and F1 0 — a real miss.
+    """
     precision = _ratio_or_zero(pred_matched.float(), pred_total.float())
     recall = _ratio_or_zero(target_matched.float(), target_total.float())
     f1 = _ratio_or_zero(2 * precision * recall, precision + recall)
-    return torch.where((pred_total + target_total) > 0, f1, float("nan"))
+    return torch.where(target_total > 0, f1, float("nan"))
 
 
-class BoundaryF1(Metric):
-    """Boundary F1 score with a pixel tolerance (BF score, Csurka et al., BMVC 2013), dataset level.
+class _BoundaryCounts(Metric):
+    """Shared state and scoring of the boundary F1 metrics; subclasses say where boundaries are.
 
-    Exact definition, per class ``c`` and image, with ``V`` the pixels whose target is not
-    ``ignore_index``:
-
-    * A pixel ``p`` is a *boundary pixel of class c* in a label map ``L`` (target or prediction) iff
-      ``p`` is in ``V``, ``L[p] == c`` and some 4-neighbour ``q`` of ``p`` is in ``V`` with
-      ``L[q] != c``. Pixels outside the image and ignored pixels never create a boundary: a region
-      touching the image border or an ignored area has no boundary there, since its true extent is
-      unknown. Consequently predictions on ignored pixels have no effect at all.
-    * A predicted boundary pixel of class ``c`` is *matched* iff a target boundary pixel of class
-      ``c`` lies within Chebyshev distance ``tolerance`` (a (2t+1)x(2t+1) square); likewise a target
-      boundary pixel is matched iff a predicted boundary pixel of class ``c`` lies within it.
-      ``tolerance=0`` requires the exact same pixel.
-
-    The states ``pred_matched``, ``pred_total``, ``target_matched`` and ``target_total`` (one count
-    per class, sum-reduced) are accumulated over the whole dataset, then per class
-    ``precision = pred_matched / pred_total`` and ``recall = target_matched / target_total`` (0 when
-    the denominator is 0) and ``F1 = 2PR / (P + R)`` (0 when ``P + R == 0``). A class with no
-    boundary pixel in either target or prediction gets NaN and is left out of the macro mean; a
-    class with boundaries on only one side gets F1 = 0.
-
-    Args:
-        num_classes: number of classes (class ids ``0 .. num_classes - 1``).
-        tolerance: matching distance in pixels (Chebyshev), ``>= 0``.
-        ignore_index: target value marking unlabelled pixels; must not be a class id.
-        average: ``"macro"`` returns the mean over classes with any boundary, ``"none"`` the
-            ``(num_classes,)`` per-class tensor (NaN for classes without boundaries).
-        validate_args: check that all ids are in range (costs one device sync per update).
-        kwargs: forwarded to :class:`torchmetrics.Metric` (e.g. ``sync_on_compute``).
+    Subclasses implement :meth:`_edges`, returning the target and predicted boundary pixels
+    ``(B, H, W)`` of all classes and the unlabelled gap pixels a match may cross (or ``None``);
+    this class matches them per class within ``tolerance`` (or across a gap), leaves out images
+    without any labelled boundary pixel and accumulates four sum-reduced counts.
     """
 
     is_differentiable = False
@@ -218,6 +234,21 @@ class BoundaryF1(Metric):
                 name, default=torch.zeros(num_classes, dtype=torch.long), dist_reduce_fx="sum"
             )
 
+    def _edges(
+        self, preds: Tensor, target: Tensor, valid: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        raise NotImplementedError
+
+    gap_steps: int = 0
+    """How many pixel steps a match may travel through the unlabelled gap pixels."""
+
+    def _across(self, seed: Tensor, bridge: Tensor) -> Tensor:
+        """Gap pixels reachable from ``seed`` (already inside ``bridge``) in ``gap_steps`` moves."""
+        reached = seed & bridge
+        for _ in range(self.gap_steps):
+            reached = reached | (_dilate(reached, 1) & bridge)
+        return reached
+
     def update(self, preds: Tensor, target: Tensor) -> None:
         """Add one batch: ``preds`` class ids ``(B, H, W)`` or logits ``(B, C, H, W)``."""
         preds, target = _format_inputs(preds, target, self.num_classes)
@@ -227,27 +258,181 @@ class BoundaryF1(Metric):
             valid = torch.ones_like(target, dtype=torch.bool)
         else:
             valid = target != self.ignore_index
-        target_edges = _boundary_pixels(target, valid)
-        pred_edges = _boundary_pixels(preds, valid)
-        counts: list[list[Tensor]] = [[], [], [], []]
-        for c in range(self.num_classes):
-            target_c = target_edges & (target == c)
-            pred_c = pred_edges & (preds == c)
-            counts[0].append((pred_c & _dilate(target_c, self.tolerance)).sum())
-            counts[1].append(pred_c.sum())
-            counts[2].append((target_c & _dilate(pred_c, self.tolerance)).sum())
-            counts[3].append(target_c.sum())
-        self.pred_matched += torch.stack(counts[0])
-        self.pred_total += torch.stack(counts[1])
-        self.target_matched += torch.stack(counts[2])
-        self.target_total += torch.stack(counts[3])
+        target_edges, pred_edges, bridge = self._edges(preds, target, valid)
+        # An image without a labelled boundary has no boundary recall to measure: it adds nothing.
+        scored = target_edges.flatten(1).any(dim=1).view(-1, 1, 1)
+        target_edges = target_edges & scored
+        pred_edges = pred_edges & scored
+        # All classes at once: (B, C, H, W) masks flattened to (B * C, H, W) for the dilations.
+        batch, height, width = target.shape
+        shape = (batch * self.num_classes, height, width)
+        classes = torch.arange(self.num_classes, device=target.device).view(1, -1, 1, 1)
+        target_c = (target_edges.unsqueeze(1) & (target.unsqueeze(1) == classes)).reshape(shape)
+        pred_c = (pred_edges.unsqueeze(1) & (preds.unsqueeze(1) == classes)).reshape(shape)
+        near_target = _dilate(target_c, self.tolerance)
+        near_pred = _dilate(pred_c, self.tolerance)
+        if bridge is not None:
+            # The unlabelled gap is part of the boundary: a predicted edge anywhere in the gap
+            # next to a labelled edge matches it, in both directions.
+            bridge = bridge.unsqueeze(1).expand(-1, self.num_classes, -1, -1).reshape(shape)
+            near_target = near_target | self._across(_dilate(target_c, 1), bridge)
+            near_pred = near_pred | _dilate(self._across(pred_c, bridge), 1)
+
+        def per_class(mask: Tensor) -> Tensor:
+            return mask.view(batch, self.num_classes, -1).sum(dim=(0, 2))
+
+        self.pred_matched += per_class(pred_c & near_target)
+        self.pred_total += per_class(pred_c)
+        self.target_matched += per_class(target_c & near_pred)
+        self.target_total += per_class(target_c)
 
     def compute(self) -> Tensor:
-        """Macro boundary F1 (scalar) or per-class boundary F1, depending on ``average``."""
+        """Macro boundary F1 (scalar) or per-class boundary F1, depending on ``average``.
+
+        NaN where no boundary was labelled (per class; the macro value when no class has one).
+        """
         per_class = _boundary_f1_from_counts(
             self.pred_matched, self.pred_total, self.target_matched, self.target_total
         )
         return per_class if self.average == "none" else _nanmean(per_class)
+
+
+class BoundaryF1(_BoundaryCounts):
+    """Boundary F1 score with a pixel tolerance (BF score, Csurka et al., BMVC 2013), dataset level.
+
+    Exact definition, per class ``c`` and image, with ``V`` the pixels whose target is not
+    ``ignore_index``:
+
+    * A pixel ``p`` is a *boundary pixel of class c* in a label map ``L`` (target or prediction) iff
+      ``p`` is in ``V``, ``L[p] == c`` and some 4-neighbour ``q`` of ``p`` is in ``V`` with
+      ``L[q] != c``. Pixels outside the image and ignored pixels never create a boundary: a region
+      touching the image border or an ignored area has no boundary there, since its true extent is
+      unknown. Consequently predictions on ignored pixels have no effect at all.
+    * A predicted boundary pixel of class ``c`` is *matched* iff a target boundary pixel of class
+      ``c`` lies within Chebyshev distance ``tolerance`` (a (2t+1)x(2t+1) square); likewise a target
+      boundary pixel is matched iff a predicted boundary pixel of class ``c`` lies within it.
+      ``tolerance=0`` requires the exact same pixel.
+    * An image with no target boundary pixel (of any class) is left out entirely, its predicted
+      boundaries included: without a labelled boundary there is no recall to measure.
+
+    The states ``pred_matched``, ``pred_total``, ``target_matched`` and ``target_total`` (one count
+    per class, sum-reduced) are accumulated over the whole dataset, then per class
+    ``precision = pred_matched / pred_total`` and ``recall = target_matched / target_total`` (0 when
+    the denominator is 0) and ``F1 = 2PR / (P + R)`` (0 when ``P + R == 0``). A class with no target
+    boundary pixel gets NaN (recall, hence F1, is undefined) and is left out of the macro mean; the
+    macro value is NaN when no boundary was labelled at all. A class with target boundaries but no
+    predicted one gets F1 = 0.
+
+    Labels drawn as class interiors separated by unlabelled gaps have no boundary in this sense
+    (NaN): use :class:`SparseBoundaryF1` for them.
+
+    Args:
+        num_classes: number of classes (class ids ``0 .. num_classes - 1``).
+        tolerance: matching distance in pixels (Chebyshev), ``>= 0``.
+        ignore_index: target value marking unlabelled pixels; must not be a class id.
+        average: ``"macro"`` returns the mean over classes with a labelled boundary, ``"none"`` the
+            ``(num_classes,)`` per-class tensor (NaN for classes without labelled boundaries).
+        validate_args: check that all ids are in range (costs one device sync per update).
+        kwargs: forwarded to :class:`torchmetrics.Metric` (e.g. ``sync_on_compute``).
+    """
+
+    def _edges(
+        self, preds: Tensor, target: Tensor, valid: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        return _boundary_pixels(target, valid), _boundary_pixels(preds, valid), None
+
+
+def default_boundary_gap(tolerance: int) -> int:
+    """``2 * tolerance + 1``: the default ``gap`` of :class:`SparseBoundaryF1`.
+
+    Two labelled classes ``gap`` pixels apart have ``gap - 1`` unlabelled pixels between them, so
+    the default takes classes up to ``2 * tolerance`` unlabelled pixels apart (4 at the default
+    tolerance 2) to share a boundary: the label imprecision the tolerance already accepts on each
+    side of a transition. A wider unlabelled strip is rather an area left out on purpose, where
+    the transition could be anywhere.
+    """
+    return 2 * int(tolerance) + 1
+
+
+class SparseBoundaryF1(_BoundaryCounts):
+    """Boundary F1 for labels drawn as class interiors with unlabelled gaps between classes.
+
+    Expert remote-sensing labels often leave the class transition itself unlabelled
+    (``ignore_index``); :class:`BoundaryF1` then finds no labelled boundary and is NaN. Here the
+    gap counts as the boundary, as long as it is narrow:
+
+    * A labelled pixel ``p`` of class ``c`` is a *labelled boundary pixel* iff some 4-neighbour in
+      the image is unlabelled or of another class (``p`` is on the edge of its labelled region)
+      and a labelled pixel of another class lies within Chebyshev distance ``gap``. The distance
+      alone decides (no check that only unlabelled pixels lie between): the edge condition already
+      makes ``p`` face the gap, and a path check would cost a geodesic propagation per class. An
+      edge facing a wide unlabelled area with no other class within ``gap`` is no boundary: where
+      the transition lies there is unknown.
+    * The *scored zone* is the labelled pixels plus the unlabelled pixels that have labelled pixels
+      of at least two classes within ``gap`` (the gaps between classes). A predicted boundary pixel
+      of class ``c`` is a pixel of the zone predicted ``c`` with a 4-neighbour in the zone predicted
+      otherwise; predictions outside the zone have no effect.
+    * Matching: the gap is part of the boundary, since the true transition may lie anywhere in
+      it. With the *gap pixels* the unlabelled pixels of the zone, a predicted boundary pixel of
+      class ``c`` is matched iff a labelled boundary pixel of class ``c`` lies within Chebyshev
+      distance ``tolerance``, or it is a gap pixel reachable in at most ``gap`` 8-neighbour steps
+      through gap pixels from a gap pixel next to such a labelled boundary pixel. Symmetrically, a
+      labelled boundary pixel is matched iff a predicted boundary pixel of its class lies within
+      ``tolerance``, or a gap pixel next to it is reachable that way from a predicted boundary pixel
+      of its class in the gap. So a prediction whose transition lies anywhere inside the gap scores
+      1, at any tolerance; one that crosses into the labelled pixels of the other class is judged
+      by the tolerance, as in :class:`BoundaryF1`.
+    * Leaving out images without a labelled boundary, the counts and the NaN rules are those of
+      :class:`BoundaryF1`.
+
+    With dense labels (no unlabelled pixel) both metrics are equal. ``gap`` defaults to
+    :func:`default_boundary_gap`: ``2 * tolerance + 1``, 5 px for the default tolerance 2, i.e. up
+    to 4 unlabelled pixels between two classes.
+
+    Args:
+        num_classes: number of classes (class ids ``0 .. num_classes - 1``).
+        tolerance: matching distance in pixels (Chebyshev), ``>= 0``.
+        gap: largest Chebyshev distance between two labelled classes that still makes a boundary,
+            ``>= 1``; ``None`` for :func:`default_boundary_gap`.
+        ignore_index: target value marking unlabelled pixels; must not be a class id.
+        average: ``"macro"`` or ``"none"``, as in :class:`BoundaryF1`.
+        validate_args: check that all ids are in range (costs one device sync per update).
+        kwargs: forwarded to :class:`torchmetrics.Metric` (e.g. ``sync_on_compute``).
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        tolerance: int = 2,
+        gap: int | None = None,
+        ignore_index: int | None = 255,
+        average: Literal["macro", "none"] = "macro",
+        validate_args: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(num_classes, tolerance, ignore_index, average, validate_args, **kwargs)
+        gap = default_boundary_gap(self.tolerance) if gap is None else int(gap)
+        if gap < 1:
+            raise ValueError(f"gap must be >= 1 pixel; got {gap}")
+        self.gap = gap
+        self.gap_steps = gap
+
+    def _edges(
+        self, preds: Tensor, target: Tensor, valid: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        batch, height, width = target.shape
+        classes = torch.arange(self.num_classes, device=target.device).view(1, -1, 1, 1)
+        labelled = (valid.unsqueeze(1) & (target.unsqueeze(1) == classes)).reshape(
+            -1, height, width
+        )
+        near = _dilate(labelled, self.gap).view(batch, self.num_classes, height, width).sum(dim=1)
+        between = near >= 2  # labelled pixels of at least two classes within `gap`
+        everywhere = torch.ones_like(valid)
+        # `target` differs from a neighbour that is unlabelled (ignore_index is no class id) or of
+        # another class: the edge of a labelled region, facing the gap or another class.
+        target_edges = _label_changes(target, everywhere) & valid & between
+        zone = valid | between
+        return target_edges, _label_changes(preds, zone), between & ~valid
 
 
 class SegmentationMetrics(WrapperMetric):
@@ -255,8 +440,9 @@ class SegmentationMetrics(WrapperMetric):
 
     ``compute()`` (and ``forward``, for the current batch) returns scalar tensors under the keys in
     :data:`SUMMARY_KEYS` — ``mIoU``, ``F1``, ``precision``, ``recall`` (macro), ``OA`` (micro
-    accuracy), ``kappa`` (Cohen's kappa), ``boundary_F1`` (macro) — and per class
-    ``IoU/<name>``, ``F1/<name>``, ``precision/<name>``, ``recall/<name>``, ``boundary_F1/<name>``.
+    accuracy), ``kappa`` (Cohen's kappa), ``boundary_F1`` and ``boundary_F1_sparse`` (macro) — and
+    per class ``IoU/<name>``, ``F1/<name>``, ``precision/<name>``, ``recall/<name>``,
+    ``boundary_F1/<name>``, ``boundary_F1_sparse/<name>``.
 
     Semantics:
 
@@ -267,7 +453,11 @@ class SegmentationMetrics(WrapperMetric):
       region values of absent classes are NaN, so each macro value equals the NaN-mean of its
       per-class values. This is torchmetrics' own macro weighting (classes with
       ``TP + FP + FN == 0`` get weight 0). A present class whose ratio is 0/0 (e.g. precision of a
-      class never predicted) scores 0. Boundary F1 uses the analogous rule on boundary pixels.
+      class never predicted) scores 0.
+    * Boundary F1 (:class:`BoundaryF1`) and its sparse-label variant (:class:`SparseBoundaryF1`,
+      which also finds boundaries across narrow unlabelled gaps between classes) are NaN per class
+      without a labelled boundary of that class, and NaN overall when no boundary was labelled:
+      undefined, not 0. A labelled boundary that the prediction misses scores 0.
     * With no valid pixel at all, every summary value is NaN.
     * The states live in child torchmetrics metrics (confusion matrix / stat scores compute groups
       and :class:`BoundaryF1`), so ``.to(device)``, ``.reset()`` and DDP sync on ``compute()``
@@ -278,7 +468,9 @@ class SegmentationMetrics(WrapperMetric):
         num_classes: number of classes.
         ignore_index: target value of unlabelled pixels; must not be a class id.
         class_names: one unique name per class for the per-class keys (default ``"0"``, ``"1"``...).
-        boundary_tolerance: Chebyshev pixel tolerance of the boundary F1.
+        boundary_tolerance: Chebyshev pixel tolerance of both boundary F1s.
+        boundary_gap: widest class-to-class distance the sparse boundary F1 still calls a boundary
+            (``None``: :func:`default_boundary_gap`, ``2 * boundary_tolerance + 1``).
         validate_args: check ids are in range (one device sync per update).
         kwargs: forwarded to every child metric (e.g. ``sync_on_compute``, ``process_group``).
     """
@@ -294,6 +486,7 @@ class SegmentationMetrics(WrapperMetric):
         class_names: Sequence[str] | None = None,
         boundary_tolerance: int = 2,
         validate_args: bool = True,
+        boundary_gap: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__()
@@ -338,6 +531,15 @@ class SegmentationMetrics(WrapperMetric):
             validate_args=False,
             **kwargs,
         )
+        self.boundary_sparse = SparseBoundaryF1(
+            num_classes,
+            tolerance=boundary_tolerance,
+            gap=boundary_gap,
+            ignore_index=ignore_index,
+            average="none",
+            validate_args=False,
+            **kwargs,
+        )
 
     def _prepare(self, preds: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
         preds, target = _format_inputs(preds, target, self.num_classes)
@@ -350,23 +552,33 @@ class SegmentationMetrics(WrapperMetric):
         preds, target = self._prepare(preds, target)
         self.region.update(preds, target)
         self.boundary.update(preds, target)
+        self.boundary_sparse.update(preds, target)
 
     def forward(self, preds: Tensor, target: Tensor) -> dict[str, Tensor]:
         """Accumulate the batch and return the metrics of this batch alone."""
         preds, target = self._prepare(preds, target)
-        return self._assemble(self.region(preds, target), self.boundary(preds, target))
+        return self._assemble(
+            self.region(preds, target),
+            self.boundary(preds, target),
+            self.boundary_sparse(preds, target),
+        )
 
     def compute(self) -> dict[str, Tensor]:
         """Dataset-level metrics over everything seen since the last ``reset()``."""
-        return self._assemble(self.region.compute(), self.boundary.compute())
+        return self._assemble(
+            self.region.compute(), self.boundary.compute(), self.boundary_sparse.compute()
+        )
 
     def reset(self) -> None:
         """Clear all accumulated state (children included)."""
         super().reset()
         self.region.reset()
         self.boundary.reset()
+        self.boundary_sparse.reset()
 
-    def _assemble(self, region: Mapping[str, Tensor], boundary: Tensor) -> dict[str, Tensor]:
+    def _assemble(
+        self, region: Mapping[str, Tensor], boundary: Tensor, boundary_sparse: Tensor
+    ) -> dict[str, Tensor]:
         stats = region["stats"]
         present = (stats[:, 0] + stats[:, 1] + stats[:, 3]) > 0
         any_valid = present.any()
@@ -385,6 +597,7 @@ class SegmentationMetrics(WrapperMetric):
             "OA": summary(region["OA"]),
             "kappa": summary(region["kappa"]),
             "boundary_F1": _nanmean(boundary),
+            "boundary_F1_sparse": _nanmean(boundary_sparse),
         }
         for prefix, values in (
             ("IoU", per_class(region["IoU"])),
@@ -392,6 +605,7 @@ class SegmentationMetrics(WrapperMetric):
             ("precision", per_class(region["precision"])),
             ("recall", per_class(region["recall"])),
             ("boundary_F1", boundary.float()),
+            ("boundary_F1_sparse", boundary_sparse.float()),
         ):
             for name, value in zip(self.class_names, values, strict=True):
                 out[f"{prefix}/{name}"] = value
@@ -441,16 +655,38 @@ _SUMMARY_LABELS: dict[str, str] = {
     "OA": "OA (%)",
     "kappa": "kappa",
     "boundary_F1": "boundary F1 (%)",
+    "boundary_F1_sparse": "boundary F1, sparse labels (%)",
 }
+
+UNDEFINED = "–"
+"""How every table shows an undefined (NaN, or JSON ``null``) value, e.g. a boundary F1 on data
+with no labelled boundary."""
+
+
+def mean_defined(values: Iterable[float | None]) -> float:
+    """Mean over the defined values (``None`` and NaN left out); NaN when none is defined.
+
+    Means over seeds or runs use it so that one undefined run neither poisons the mean nor counts
+    as 0.
+    """
+    defined = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    return math.fsum(defined) / len(defined) if defined else math.nan
+
+
+def format_metric(value: Tensor | float | int | None, percent: bool = True, digits: int = 2) -> str:
+    """``value`` as text for a table: × 100 when ``percent``; :data:`UNDEFINED` for NaN/None."""
+    if value is None:
+        return UNDEFINED
+    number = _to_float(value)
+    if not math.isfinite(number):
+        return UNDEFINED
+    return f"{100.0 * number:.{digits}f}" if percent else f"{number:.{digits}f}"
 
 
 def _format_value(metrics: Mapping[str, Tensor | float | int], key: str, percent: bool) -> str:
     if key not in metrics:
         return "n/a"
-    value = _to_float(metrics[key])
-    if not math.isfinite(value):
-        return "n/a"
-    return f"{100.0 * value:.2f}" if percent else f"{value:.3f}"
+    return format_metric(metrics[key], percent, 2 if percent else 3)
 
 
 def metrics_to_markdown(
@@ -458,16 +694,18 @@ def metrics_to_markdown(
 ) -> str:
     """Render a summary table and a per-class table in Markdown.
 
-    Values are percentages with 2 decimals, except kappa (0-1, 3 decimals); missing or NaN values
-    (e.g. classes absent from the data) show as ``n/a``.
+    Values are percentages with 2 decimals, except kappa (0-1, 3 decimals); undefined (NaN) values
+    (e.g. classes absent from the data, boundary F1 without labelled boundaries) show as
+    :data:`UNDEFINED` (``–``), keys missing from ``metrics`` as ``n/a``.
     """
     lines = ["| metric | value |", "| --- | ---: |"]
     for key in SUMMARY_KEYS:
         lines.append(f"| {_SUMMARY_LABELS[key]} | {_format_value(metrics, key, key != 'kappa')} |")
     lines += [
         "",
-        "| class | IoU (%) | F1 (%) | precision (%) | recall (%) | boundary F1 (%) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        "| class | IoU (%) | F1 (%) | precision (%) | recall (%) | boundary F1 (%) "
+        "| boundary F1, sparse labels (%) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name in class_names:
         cells = [_format_value(metrics, f"{prefix}/{name}", True) for prefix in PER_CLASS_KEYS]
