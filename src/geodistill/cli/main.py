@@ -20,7 +20,7 @@ USAGE = """usage: geodistill [--debug] [--allow-download] COMMAND ...
 Distil light segmentation students for multispectral Earth observation imagery.
 
 commands:
-  fit        train a model            (geodistill fit --config configs/demo.yaml)
+  fit        train a model            (geodistill fit --config configs/demo_fine.yaml)
   validate   evaluate on the validation split
   test       evaluate on the test split, writing test_metrics.json/.md
   predict    predict image chips to georeferenced GeoTIFFs
