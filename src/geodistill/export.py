@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from geodistill.atomic import atomic_output
+from geodistill.atomic import atomic_output, refuse_existing
 from geodistill.errors import GeodistillError
 from geodistill.models.checkpoint import (
     ONNX_METADATA_KEY,
@@ -82,8 +82,7 @@ def _read_source(
 ) -> dict[str, Any]:
     """The checkpoint to export (weights-only), once the output and tile size are acceptable;
     ``tile_size`` overrides the recorded training tile."""
-    if output.exists() and not overwrite:
-        raise GeodistillError("already exists; pass --overwrite to replace it", output)
+    refuse_existing([output], overwrite)
     if tile_size is not None and tile_size < 1:
         raise GeodistillError(f"tile size must be positive, got {tile_size}")
     source = read_checkpoint(checkpoint)

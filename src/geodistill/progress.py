@@ -62,16 +62,23 @@ def quiet_libraries(verbose: bool = False) -> Iterator[None]:
     if verbose:
         yield
         return
+    with lightning_logs_at_warning(), warnings.catch_warnings():
+        for category in (UserWarning, DeprecationWarning, FutureWarning):
+            warnings.filterwarnings("ignore", category=category, module="lightning")
+        warnings.filterwarnings("ignore", category=UserWarning, module="torch.utils.data")
+        yield
+
+
+@contextmanager
+def lightning_logs_at_warning() -> Iterator[None]:
+    """Within the block Lightning's loggers show warnings only (no device or start-up notices);
+    their levels are restored afterwards."""
     loggers = [logging.getLogger(name) for name in LIGHTNING_LOGGERS]
     levels = [logger.level for logger in loggers]
     try:
         for logger in loggers:
             logger.setLevel(logging.WARNING)
-        with warnings.catch_warnings():
-            for category in (UserWarning, DeprecationWarning, FutureWarning):
-                warnings.filterwarnings("ignore", category=category, module="lightning")
-            warnings.filterwarnings("ignore", category=UserWarning, module="torch.utils.data")
-            yield
+        yield
     finally:
         for logger, level in zip(loggers, levels, strict=True):
             logger.setLevel(level)

@@ -48,7 +48,7 @@ from geodistill.data.raster import (
     resolve_bands,
 )
 from geodistill.errors import GeodistillError
-from geodistill.inference.vectorize import _class_names
+from geodistill.inference.vectorize import check_class_map, class_names_from_tags
 from geodistill.inference.writer import PREDICTION_NODATA
 
 WEB_CRS = CRS.from_epsg(3857)
@@ -224,15 +224,9 @@ def class_overlay(
             class_map,
         )
     with open_raster(class_map) as src:
-        dtype = np.dtype(src.dtypes[0])
-        if src.count != 1 or dtype.kind not in "iu":
-            raise GeodistillError(
-                f"a class map must be a single-band integer raster, got {src.count} band(s) "
-                f"of {dtype}",
-                class_map,
-            )
+        check_class_map(src, class_map)
         crs = _require_crs(src.crs, class_map, "class map")
-        names = _class_names(dict(src.tags()), class_map)
+        names = class_names_from_tags(dict(src.tags()), class_map)
         shape = _reduced_shape(src.height, src.width, max_size)
         nodata = PREDICTION_NODATA if src.nodata is None else src.nodata
         with reading(class_map):

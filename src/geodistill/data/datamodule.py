@@ -120,6 +120,7 @@ class GeoSegDataModule(L.LightningDataModule):
         self.num_bands = len(resolve_bands(raster_info(first), bands))
         self.band_stats: BandStats | None = None
         self.datasets: dict[str, ChipDataset] = {}
+        self._prechecked: str | None = None  # stage check() built, for the setup that follows
 
     @property
     def num_classes(self) -> int:
@@ -249,9 +250,14 @@ class GeoSegDataModule(L.LightningDataModule):
     def check(self, stage: str) -> None:
         """Build the datasets ``stage`` reads and check every label raster of them whole.
 
-        Called by :meth:`setup`, and by the CLI before the trainer starts, so that bad data is
-        refused before any log or checkpoint is written (the whole-raster check is cached).
+        The CLI calls it before the trainer starts, so that bad data is refused before any log or
+        checkpoint is written; the :meth:`setup` that follows then reuses those datasets instead
+        of opening every raster again.
         """
+        self._build_and_check(stage)
+        self._prechecked = stage
+
+    def _build_and_check(self, stage: str) -> None:
         if stage == "fit":
             train = [self._dataset(name, "train", train=True) for name in self.train_domains()]
             self.datasets["train"] = train[0] if len(train) == 1 else ConcatDataset(train)
@@ -307,7 +313,9 @@ class GeoSegDataModule(L.LightningDataModule):
             )
 
     def setup(self, stage: str) -> None:
-        self.check(stage)
+        if self._prechecked != stage:
+            self._build_and_check(stage)
+        self._prechecked = None
         if stage == "fit":
             self.band_stats = self._band_stats()
             self._write_manifest()

@@ -8,9 +8,7 @@ input is checked before the first tile is predicted.
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +25,7 @@ from geodistill.inference.scene import (
     check_scene,
     predict_scene,
 )
+from geodistill.progress import lightning_logs_at_warning
 
 
 class ScenePrediction(L.LightningModule):
@@ -99,18 +98,6 @@ def _on_cpu(accelerator: Any) -> bool:
     return str(accelerator) == "cpu"
 
 
-@contextmanager
-def _quiet_lightning() -> Iterator[None]:
-    """Hide Lightning's start-up notices (devices, tips): the tile progress bar is the output."""
-    logger = logging.getLogger("lightning.pytorch")
-    level = logger.level
-    logger.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
 def infer_scenes(
     model: str | Path | Predictor,
     scenes: Sequence[str | Path],
@@ -131,7 +118,7 @@ def infer_scenes(
     # No folder is made here: each output's writer creates it, so a run refused before its
     # first tile leaves nothing behind.
     loader = DataLoader(list(range(len(jobs))), batch_size=1, collate_fn=list)
-    with _quiet_lightning():
+    with lightning_logs_at_warning():  # the tile progress bar is the output
         runner = L.Trainer(
             **trainer,
             logger=False,

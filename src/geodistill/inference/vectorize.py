@@ -125,7 +125,7 @@ def vectorize_class_map(
             GeodistillWarning,
             stacklevel=2,
         )
-    names = _class_names(grid.tags, class_map)
+    names = class_names_from_tags(grid.tags, class_map)
     selected = _select_classes(classes, names, labels, valid, class_map)
     if confidence is None and find_confidence:
         confidence = _sibling_confidence(class_map)
@@ -203,16 +203,21 @@ def _driver(output: Path) -> str:
     return driver
 
 
+def check_class_map(src: rasterio.DatasetReader, path: Path) -> np.dtype:
+    """Refuse a raster that is not a single band of integer class ids; return its dtype."""
+    dtype = np.dtype(src.dtypes[0])
+    if src.count != 1 or dtype.kind not in "iu":
+        raise GeodistillError(
+            f"a class map must be a single-band integer raster, got {src.count} band(s) of {dtype}",
+            path,
+        )
+    return dtype
+
+
 def _read_class_map(path: Path) -> tuple[np.ndarray, np.ndarray, _Grid]:
     """Class ids and the valid-pixel mask (not nodata, not masked, not negative)."""
     with open_raster(path) as src:
-        dtype = np.dtype(src.dtypes[0])
-        if src.count != 1 or dtype.kind not in "iu":
-            raise GeodistillError(
-                f"a class map must be a single-band integer raster, got {src.count} band(s) "
-                f"of {dtype}",
-                path,
-            )
+        dtype = check_class_map(src, path)
         labels, valid = _read_band(src, path)
         grid = _Grid(src.width, src.height, src.crs, src.transform, dict(src.tags()))
     if dtype.kind == "i":
@@ -229,7 +234,7 @@ def _read_band(src: rasterio.DatasetReader, path: Path) -> tuple[np.ndarray, np.
     return values, valid & (values != nodata)
 
 
-def _class_names(tags: dict[str, str], path: Path) -> list[str] | None:
+def class_names_from_tags(tags: dict[str, str], path: Path) -> list[str] | None:
     """Class names from the ``class_names`` tag (or the label rasters' tag), if any."""
     for tag in (CLASS_NAMES_TAG, CLASSES_TAG):
         if tag not in tags:
