@@ -44,7 +44,7 @@ benchmark-ktda: $(STAMP)
 
 # The demo's teachers are the given ones of the demo data set: `make demo` writes them.
 benchmark-semi: $(STAMP)
-	test -f outputs/demo/runs/fine_only/checkpoints/best.ckpt || $(BIN)/geodistill demo
+	test -f outputs/demo/runs/fine_only/base/seed0/checkpoints/best.ckpt || $(BIN)/geodistill demo
 	$(BIN)/python benchmarks/semi_supervised.py --dataset dubai --threads 1 \
 		--output outputs/benchmarks/semi_supervised_dubai
 	$(BIN)/python benchmarks/semi_supervised.py --dataset demo --teacher-source given --threads 1 \

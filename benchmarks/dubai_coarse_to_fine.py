@@ -1,53 +1,70 @@
-"""Coarse-to-fine benchmark on real imagery: Dubai aerial chips, every method in one harness.
+"""Coarse-to-fine benchmark on real imagery: Dubai aerial chips, every method in one experiment.
 
-Protocol (see ../shared/data/DATA.md, "A real coarse-to-fine protocol", and docs/coarse_to_fine.md):
+Data preparation plus an experiment file. This script prepares the data (see
+../shared/data/DATA.md, "A real coarse-to-fine protocol", and docs/coarse_to_fine.md):
 
 * images are resampled by the setting's ``scale`` (area average; 0.5 in the quick setting) and
   written as GeoTIFFs with exact class-id labels (nearest); "Unlabeled" is ignore;
 * coarse domain: districts (tiles) 1-5, 45 chips, labels degraded by
-  :func:`geodistill.data.coarsen.coarsen_label` with the recipe below, seeded per seed and chip;
+  :func:`geodistill.data.coarsen.coarsen_label` with the recipe below, seeded by
+  the run's seed (``${seed}`` in the experiment file; one fixed draw with ``--coarse-seed``) and
+  the chip (``<data>/tile_<t>/coarse_seed<k>/``);
 * fine domain: district 6, ``--fine-chips`` chips with exact labels for training and 3 chips for
   checkpoint selection (drawn with the seed); every method selects its checkpoint there;
-* test: districts 7-8 (18 chips), exact labels, never seen by any method.
+* test: districts 7-8 (18 chips), exact labels, never seen by any method;
+
+then runs ``benchmarks/dubai_coarse_to_fine.yaml`` (stage 1 ``coarse_only`` and every baseline
+and ablation of ``configs/coarse_to_fine_demo.yaml``) with ``geodistill.experiments``, exactly
+like ``geodistill compare``. The file names the quick setting's data under the default output
+folder; this script writes a resolved copy with the prepared data's paths, ``--setting``,
+``--fine-chips``, ``--coarse-seed``, seeds and epochs filled in (``<output>/
+experiment.resolved.yaml``, copied to ``<output>/experiment.yaml`` with the results).
 
     python benchmarks/dubai_coarse_to_fine.py                  # quick: 2-core CPU, 3 seeds
     python benchmarks/dubai_coarse_to_fine.py --setting large  # GPU: full resolution, longer
-    python benchmarks/dubai_coarse_to_fine.py --teachers-from outputs/benchmarks/dubai_c2f \
-        --methods attentive --student-args '{"feature_weight": 0.1}' --output OTHER_FOLDER
-                                        # a stage-2 variant on the same seeds' teachers
+    python benchmarks/dubai_coarse_to_fine.py --variants fine_only,attentive --jobs 2
+    python benchmarks/dubai_coarse_to_fine.py --resume         # after a stop, or new variants
 
-Writes ``<output>/results.json`` and ``<output>/results.md`` (mean ± std over seeds).
+A stage-2 variant on the same seeds' teachers: add it to a copy of the experiment file (e.g.
+``attentive`` with ``feature_weight: 0.1``), then ``--experiment COPY --variants
+fine_only,NEW --resume``: the finished teacher runs of the output folder are kept (same config).
+
+Writes ``<output>/results.{json,md,png}`` (mean ± std over seeds, paired Δ vs ``fine_only``)
+and ``<output>/per_class.md`` (mean ± std per method, per-class IoU, gap recovered).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
 import warnings
-from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import rasterio
+import yaml
 from affine import Affine
 from rasterio.enums import Resampling
 from rasterio.errors import NotGeoreferencedWarning
 
 from geodistill.data.coarsen import CoarsenRecipe, coarsen_label
 from geodistill.data.labels import read_label
-from geodistill.pipelines.coarse_to_fine import (
-    METHODS,
-    CoarseToFineConfig,
-    Stage,
-    run_coarse_to_fine,
-    write_results_table,
-)
+from geodistill.errors import GeodistillError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from demo_coarse_to_fine import (  # noqa: E402
+    add_run_options,
+    check_output,
+    replace_prefix,
+    run,
+    variant_names,
+)
 from dubai_supervised import CLASSES, COLOR_MAP, DATA  # noqa: E402
-from report import command, hardware, write_results  # noqa: E402
+
+EXPERIMENT = Path(__file__).resolve().parent / "dubai_coarse_to_fine.yaml"
+FILE_DATA = "outputs/benchmarks/dubai_c2f/data_scale0.5"
+"""The prepared data folder the experiment file names (the quick setting's, default output)."""
 
 COARSE_TILES = [1, 2, 3, 4, 5]
 FINE_TILE = 6
@@ -136,100 +153,65 @@ def prepare(root: Path, work: Path, scale: float, seeds: list[int]) -> Path:
     return data
 
 
-def _images(data: Path, tiles: list[int]) -> list[str]:
-    return [str(data / f"tile_{t}" / "images" / "*.tif") for t in tiles]
-
-
-def config_for(
-    data: Path, seed: int, setting: dict, args: argparse.Namespace
-) -> CoarseToFineConfig:
-    model = {**setting["model"], "loss": {"ce": 1.0, "dice": 0.5}}
-    return CoarseToFineConfig(
-        data={
-            "classes": CLASSES,
-            "coarse": {
-                "train": {
-                    "images": _images(data, COARSE_TILES),
-                    "labels": f"{{parent}}/../coarse_seed{seed}",
-                }
-            },
-            "fine": {
-                "train": {"images": _images(data, [FINE_TILE]), "labels": "{parent}/../exact"},
-                "test": {"images": _images(data, TEST_TILES), "labels": "{parent}/../exact"},
-                "val_fraction": 3 / 9,
-                "train_limit": args.fine_chips,
-            },
-            "patch_size": setting["patch_size"],
-            "crops_per_image": setting["crops_per_image"],
-            "batch_size": setting["batch_size"],
-            "unlabeled_batch_size": setting["unlabeled_batch_size"],
-            "eval_batch_size": 1,
-            "cache": True,
-        },
-        output=str(args.output / f"seed{seed}"),
-        methods=args.methods,
-        seed=seed,
-        teacher=Stage(setting["teacher_epochs"], {**model, "lr": 1e-3}),
-        student=Stage(setting["student_epochs"], dict(args.student_args)),
-        teacher_checkpoint=(
-            str(args.teachers_from / f"seed{seed}" / "coarse_only" / "checkpoints" / "best.ckpt")
-            if args.teachers_from
-            else None
-        ),
-        exact_coarse_labels="{parent}/../exact",
-        check_val_every_n_epoch=setting["val_every"],
-        trainer={
-            "accelerator": "auto",
-            "devices": 1,
-            "enable_progress_bar": False,
-            "log_every_n_steps": 5,
-        },
-    )
+def resolve(
+    raw: dict[str, Any], data: Path, setting: dict[str, Any], args: argparse.Namespace
+) -> dict[str, Any]:
+    """The experiment file ``raw`` for the prepared ``data``, the ``setting``, ``--fine-chips``
+    and ``--coarse-seed``."""
+    raw = replace_prefix(raw, FILE_DATA, str(data))
+    base = raw["base"]
+    data_args = base["data"]["init_args"]
+    coarse = data_args["coarse"]["train"]
+    if args.coarse_seed is not None:  # one draw for every seed instead of the seed's own
+        coarse["labels"] = coarse["labels"].replace("${seed}", str(args.coarse_seed))
+    data_args["fine"]["train_limit"] = args.fine_chips
+    for key in ("patch_size", "crops_per_image", "batch_size", "unlabeled_batch_size"):
+        data_args[key] = setting[key]
+    base["trainer"]["check_val_every_n_epoch"] = setting["val_every"]
+    model = base["model"]["init_args"]
+    model.pop("arch_kwargs", None)
+    model.update(setting["model"])
+    return raw
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=DATA)
-    parser.add_argument("--output", type=Path, default=Path("outputs/benchmarks/dubai_c2f"))
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog="See docs/benchmarks.md#coarse-to-fine and docs/coarse_to_fine.md.",
+    )
+    parser.add_argument(
+        "--experiment", type=Path, default=EXPERIMENT, help="experiment file (default: %(default)s)"
+    )
+    parser.add_argument("--data", type=Path, default=DATA, help="the Dubai aerial chips")
     parser.add_argument("--setting", choices=list(SETTINGS), default="quick")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    parser.add_argument("--fine-chips", type=int, default=3)
+    parser.add_argument("--fine-chips", type=int, default=3, help="exact chips to train on")
     parser.add_argument(
-        "--teachers-from",
-        type=Path,
-        help="output folder of an earlier run: reuse its stage-1 teacher of each seed",
+        "--coarse-seed",
+        type=int,
+        help="one seed of the coarse-label degradation for every run (default: each seed draws "
+        "its own, the published protocol)",
     )
-    parser.add_argument(
-        "--student-args",
-        type=json.loads,
-        default={},
-        help="CoarseToFineTask overrides as JSON, e.g. '{\"temperature\": 4}'",
-    )
-    runs_flags = parser.add_mutually_exclusive_group()
-    runs_flags.add_argument("--overwrite", action="store_true", help="rerun every method")
-    runs_flags.add_argument("--resume", action="store_true", help="skip finished methods")
+    add_run_options(parser, "outputs/benchmarks/dubai_c2f")
     args = parser.parse_args()
     setting = SETTINGS[args.setting]
-    start = time.perf_counter()
-    data = prepare(args.data, args.output, setting["scale"], args.seeds)
-    runs = []
-    for seed in args.seeds:
-        config = config_for(data, seed, setting, args)
-        runs.append(run_coarse_to_fine(config, overwrite=args.overwrite, resume=args.resume))
-        table = write_results_table(runs, CLASSES)
-        print(f"after seed {seed}:\n{table}", flush=True)
-    report = {
-        "command": command(),
-        "hardware": hardware(),
-        "setting": {"name": args.setting, **setting, "fine_chips": args.fine_chips},
-        "recipe": asdict(RECIPE),
-        "seconds": round(time.perf_counter() - start, 1),
-        "runs": runs,
-    }
-    table = write_results_table(runs, CLASSES)
-    print(write_results(args.output, report, table, len(args.seeds)))
+    args.teacher_epochs = args.teacher_epochs or setting["teacher_epochs"]
+    args.student_epochs = args.student_epochs or setting["student_epochs"]
+    check_output(
+        args.experiment, args.output, variant_names(args.variants), args.overwrite, args.resume
+    )
+    raw = yaml.safe_load(args.experiment.read_text())
+    seeds = list(args.seeds or raw["seeds"])
+    draws = seeds if args.coarse_seed is None else [args.coarse_seed]
+    data = prepare(args.data, args.output, setting["scale"], draws)
+    raw = resolve(raw, data, setting, args)
+    results, table = run(raw, args, CLASSES)
+    print(results.read_text())
+    print(table)
+    print(f"wrote {results}, {results.with_suffix('.json')}, {results.parent / 'per_class.md'}")
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except GeodistillError as error:  # a refused output folder, a bad experiment file: one line
+        sys.exit(f"error: {error}")

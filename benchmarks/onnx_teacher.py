@@ -15,9 +15,10 @@ Protocol:
    256² tiles of the chip, is the reference;
 2. a small student (U-Net on a MobileNetV3-small encoder, the teacher's 6 bands) is trained on
    the LEFT half (random 256² crops, flips/rotations/spectral jitter) with (a) the teacher's hard
-   labels only (:class:`SegmentationTask`) or (b) KTDA (:class:`KnowledgeTransferTask`: the same
-   hard labels, the student's encoder levels and decoder output aligned with the teacher's
-   decoder features, ``prediction_weight`` on the teacher's logits, teacher in the loop);
+   labels only (:class:`SegmentationTask`) or (b) KTDA (:class:`KnowledgeTransfer` in the
+   task: the same hard labels, the student's encoder levels and decoder output aligned with the
+   teacher's decoder features, ``prediction_weight`` on the teacher's logits, teacher in the
+   loop);
 3. agreement with the teacher (mIoU, per-class IoU, OA) is scored on the RIGHT half (predicted on
    its own) and, as a check of the fit, on the left half;
 4. the KTDA student is exported (``geodistill export`` to ``.onnx``), and the teacher and the
@@ -61,9 +62,10 @@ from geodistill.data.raster import open_raster, read_pixels
 from geodistill.data.tiling import tile_origins
 from geodistill.errors import GeodistillError
 from geodistill.export import export_student
+from geodistill.methods import KnowledgeTransfer
 from geodistill.metrics import SegmentationMetrics
 from geodistill.models.teachers import Teacher, build_teacher
-from geodistill.tasks import KnowledgeTransferTask, SegmentationTask
+from geodistill.tasks import SegmentationTask
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "sen1floods11_sample"
 SCENE = "Spain_7370579_S2Hand.tif"
@@ -263,13 +265,16 @@ def make_task(
     }
     if variant == "labels":
         return SegmentationTask(**common)
-    return KnowledgeTransferTask(
-        teacher=spec,
-        student_levels=STUDENT_LEVELS,
-        modulation=None,
-        distill_weight=args.distill_weight,
-        prediction_weight=args.prediction_weight,
-        temperature=args.temperature,
+    return SegmentationTask(
+        band_names=data.band_names,
+        distillation=KnowledgeTransfer(
+            teacher=spec,
+            student_levels=STUDENT_LEVELS,
+            modulation=None,
+            distill_weight=args.distill_weight,
+            prediction_weight=args.prediction_weight,
+            temperature=args.temperature,
+        ),
         **common,
     )
 

@@ -6,7 +6,8 @@ RGB chips (Dubai aerial, district 2 by default), batch 8, 224² crops (a multipl
 patch 14 and of the student's stride 32), as
 
 1. ``student``: :class:`SegmentationTask`, the labels alone;
-2. ``teacher in the loop``: :class:`KnowledgeTransferTask`, the teacher run on every batch;
+2. ``teacher in the loop``: :class:`SegmentationTask` with :class:`KnowledgeTransfer`, the
+   teacher run on every batch;
 3. ``cached``: the same with ``teacher_cache`` — teacher outputs of fixed windows, built once
    before any timing (its build time and size on disk are reported apart);
 4. with ``--fmm``: the cached task with KTDA's default feature modulation (4 transformer blocks on
@@ -25,8 +26,9 @@ backward, optimiser. *Compute* is start to end of a batch (without the fetch). E
 fitted for ``warmup + steps`` batches per round (one more warm-up batch in round 1), the warm-up
 batches are dropped, and the variants take turns round after round, so that load from other
 processes hits them alike. Ratios are reported from all steps and as the median of the per-round
-ratios (pairs measured minutes apart at most). Each fit is reseeded, so the random teacher is the
-same in every fit; the cached fits refuse a cache that differs.
+ratios (pairs measured minutes apart at most). Every KTDA task's random teacher (built with the
+task) is given the weights of the teacher the cache was built with, so the same random teacher
+serves every fit; the cached fits refuse a cache that differs. Each fit is reseeded.
 
 On a machine shared with other torch processes, use ``--threads 1``: with one thread per core,
 OpenMP's thread barriers wait for threads the scheduler has taken away, and steps slowed down by
@@ -60,8 +62,9 @@ from report import command, hardware, write_results
 
 from geodistill.data import Domain, GeoSegDataModule
 from geodistill.data.teacher_cache import ensure_teacher_cache
-from geodistill.models.teachers import build_teacher
-from geodistill.tasks import KnowledgeTransferTask, SegmentationTask
+from geodistill.methods import KnowledgeTransfer
+from geodistill.models.teachers import Teacher, build_teacher
+from geodistill.tasks import SegmentationTask
 
 TEACHER: dict[str, Any] = {
     "kind": "timm",
@@ -150,22 +153,32 @@ def datamodule(args: argparse.Namespace) -> GeoSegDataModule:
     )
 
 
-def variants(args: argparse.Namespace, cache: Path) -> list[Variant]:
+def variants(
+    args: argparse.Namespace, cache: Path, teacher: Teacher, band_names: list[str]
+) -> list[Variant]:
     def student(classes: int) -> SegmentationTask:
         return SegmentationTask(in_channels=3, num_classes=classes, class_names=CLASSES, **STUDENT)
 
-    def ktda(cached: bool, fmm: bool) -> Callable[[int], KnowledgeTransferTask]:
-        def make(classes: int) -> KnowledgeTransferTask:
-            return KnowledgeTransferTask(
-                teacher=TEACHER,
+    def ktda(cached: bool, fmm: bool) -> Callable[[int], SegmentationTask]:
+        def make(classes: int) -> SegmentationTask:
+            task = SegmentationTask(
                 in_channels=3,
                 num_classes=classes,
                 class_names=CLASSES,
-                teacher_cache=str(cache) if cached else None,
-                cache_on_mismatch="refuse",  # a rebuild here would be a bug of this benchmark
-                **({} if fmm else {"modulation": None}),  # FMM: KTDA's default modulation
+                band_names=band_names,
+                distillation=KnowledgeTransfer(
+                    teacher=TEACHER,
+                    teacher_cache=str(cache) if cached else None,
+                    cache_on_mismatch="refuse",  # a rebuild here would be a bug of this benchmark
+                    **({} if fmm else {"modulation": None}),  # FMM: KTDA's default modulation
+                ),
                 **STUDENT,
             )
+            # The task built its own random teacher: give it the cache's weights, so that every
+            # fit distils from the same teacher and the cached fits find their cache.
+            assert task.distillation is not None
+            task.distillation.teachers[0].load_state_dict(teacher.state_dict())
+            return task
 
         return make
 
@@ -179,31 +192,37 @@ def variants(args: argparse.Namespace, cache: Path) -> list[Variant]:
     return chosen
 
 
-def build_cache(args: argparse.Namespace, folder: Path, device: torch.device) -> dict[str, Any]:
-    """Build the cache the cached variants use, with the teacher their fits will build."""
+def build_cache(
+    args: argparse.Namespace, folder: Path, device: torch.device
+) -> tuple[dict[str, Any], Teacher, list[str]]:
+    """Build the cache the cached variants use; return it with its (random) teacher, whose
+    weights every KTDA task takes, and the data's band names."""
     data = datamodule(args)
     data.setup("fit")
     L.seed_everything(args.seed, verbose=False)
     teacher = build_teacher(TEACHER, data.band_names)
+    train = data.training_set("train")
     start = time.perf_counter()
     cache = ensure_teacher_cache(
         folder,
         teacher,
-        data.datasets["train"],
+        train,
         data.patch_size,
         batch_size=args.batch_size,
         device=device,
     )
     seconds = time.perf_counter() - start
-    return {
+    teacher.cpu()  # the tasks' teachers copy its weights; their fits place them
+    facts = {
         "build_s": seconds,
         "windows": len(cache),
-        "chips": len(data.datasets["train"].images),
+        "chips": len(train.images),
         "bytes": sum(path.stat().st_size for path in cache.files()),
         "shapes": [list(a["shape"]) for a in cache.meta["arrays"]["features"]],
         "dtype": cache.dtype,
         "teacher_levels": teacher.levels,
     }
+    return facts, teacher, list(data.band_names)
 
 
 def fit_round(
@@ -226,7 +245,7 @@ def fit_round(
         enable_model_summary=False,
         callbacks=[timer],
     )
-    L.seed_everything(args.seed, verbose=False)  # the same random teacher in every fit
+    L.seed_everything(args.seed, verbose=False)  # the same batches in every fit
     trainer.fit(variant.task, datamodule=variant.datamodule)
     variant.wall.append(timer.steps(warmup))
     variant.cpu.append(timer.steps(warmup, "cpu"))
@@ -319,9 +338,9 @@ def main() -> None:
     folder = scratch / "cache"
     try:
         print("building the teacher cache ...", flush=True)
-        cache = build_cache(args, folder, device)
+        cache, teacher, band_names = build_cache(args, folder, device)
         print(f"  {cache['windows']} windows in {cache['build_s']:.1f} s", flush=True)
-        chosen = variants(args, folder)
+        chosen = variants(args, folder, teacher, band_names)
         load_before = os.getloadavg()[0]
         loads = []
         for round_ in range(args.rounds):

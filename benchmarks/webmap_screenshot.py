@@ -61,8 +61,8 @@ def leaflet_dist(folder: Path) -> Path:
 
 
 DEMO_MODELS = {
-    "fine_only": DEMO / "runs" / "fine_only" / "checkpoints" / "best.ckpt",
-    "attentive": DEMO / "runs" / "attentive" / "student.ckpt",
+    "fine_only": DEMO / "runs" / "fine_only" / "base" / "seed0" / "checkpoints" / "best.ckpt",
+    "attentive": DEMO / "student.ckpt",  # the teacher-free student the demo exports
 }
 DEMO_SCENE = DEMO / "data" / "scene" / "scene.tif"
 

@@ -157,3 +157,21 @@ def payload_checkpoint(source: str | Path, target: str | Path, marker: str | Pat
     target = Path(target)
     torch.save(checkpoint, target)
     return target
+
+
+def quiet_trainer(**overrides: Any) -> Any:
+    """The tests' one Lightning trainer: one CPU device, one epoch, nothing written or shown
+    (no logger, checkpoint, progress bar or summary) unless ``overrides`` say otherwise."""
+    import lightning as L
+
+    settings: dict[str, Any] = {
+        "max_epochs": 1,
+        "accelerator": "cpu",
+        "devices": 1,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        **overrides,
+    }
+    return L.Trainer(**settings)

@@ -2,9 +2,10 @@
 clear line.
 
 A real checkpoint with a pickle payload (:func:`harness.payload_checkpoint`) goes to every command
-that reads checkpoints (export, infer, coarse-to-fine ``--teacher``, ``fit`` with a
-``geodistill`` teacher of each distillation task): the payload's marker file never appears, the
-exit status is 2 with one line naming the checkpoint, and the output path is untouched. Files
+that reads checkpoints (export, infer, ``compare`` with a variant's teacher, ``fit`` with a
+``geodistill`` teacher of each distillation method): the payload's marker file never appears, the
+exit status is 2 with one line naming the checkpoint, and the output path is untouched (for
+``compare``: no run folder, no checkpoint of the baseline that would run first). Files
 that are broken without malice (truncated, random bytes, missing, a folder, no state_dict, an ONNX
 model) get the same treatment from export and infer. Real checkpoints of every task still load.
 """
@@ -18,7 +19,7 @@ from typing import Any
 
 import pytest
 import torch
-from fixtures_small import CLASSES, TINY_MODEL, config_dict, write_config
+from fixtures_small import TINY_MODEL, config_dict, write_config
 from harness import Payload, assert_refused, payload_checkpoint, run_cli, tree_state
 
 from geodistill.errors import GeodistillError
@@ -58,35 +59,22 @@ def _infer(ckpt: Path, run: dict[str, Any], tmp: Path) -> tuple[list[str], Path]
     return ["infer", str(ckpt), str(images), "-o", str(tmp / "maps"), "--quiet"], tmp / "maps"
 
 
-def _coarse_to_fine(ckpt: Path, run: dict[str, Any], tmp: Path) -> tuple[list[str], Path]:
-    domain = {"images": str(run["data"] / "images"), "labels": str(run["data"] / "labels")}
-    config = {
-        "output": str(tmp / "c2f"),
-        "methods": ["attentive"],
-        "teacher": {"max_epochs": 1, "model": {**TINY_MODEL, "lr": 0.01}},
-        "student": {"max_epochs": 1, "model": {"temperature": 2.0}},
-        "trainer": {"accelerator": "cpu", "enable_progress_bar": False},
-        "data": {
-            "classes": CLASSES,
-            "coarse": {"train": domain},
-            "fine": {"train": domain, "test": domain, "val_fraction": 0.25},
-            "patch_size": 64,
-            "batch_size": 2,
-            "cache": True,
-        },
-    }
-    path = write_config(tmp / "c2f.yaml", config)
-    return ["coarse-to-fine", "--config", str(path), "--teacher", str(ckpt)], tmp / "c2f"
-
-
-def _fit(task: str, teacher: Callable[[Path], dict[str, Any]]):
-    """A ``fit`` command whose model, the distillation task ``task``, takes the checkpoint as
-    teacher through the init arguments ``teacher(checkpoint)``."""
+def _fit(method: str | None, arguments: Callable[[Path], dict[str, Any]]):
+    """A ``fit`` command of a :class:`SegmentationTask` that takes the checkpoint through the
+    init arguments ``arguments(checkpoint)``: those of the distillation method ``method``
+    (``geodistill.methods.<method>``), or the task's own when ``method`` is ``None``."""
 
     def command(ckpt: Path, run: dict[str, Any], tmp: Path) -> tuple[list[str], Path]:
         config = config_dict(run["data"], tmp / "fit", max_epochs=1)
-        init = {**TINY_MODEL, "loss": "ce", "lr": 0.01, "warmup_fraction": 0.0, **teacher(ckpt)}
-        config["model"] = {"class_path": f"geodistill.tasks.{task}", "init_args": init}
+        init = {**TINY_MODEL, "loss": "ce", "lr": 0.01, "warmup_fraction": 0.0}
+        if method is None:
+            init.update(arguments(ckpt))
+        else:
+            class_path = f"geodistill.methods.{method}"
+            init["distillation"] = {"class_path": class_path, "init_args": arguments(ckpt)}
+        config["model"] = {"class_path": "geodistill.tasks.SegmentationTask", "init_args": init}
+        if method == "SemiSupervised":
+            config["data"]["init_args"]["unlabeled_from"] = "rest"
         return ["fit", "--config", str(write_config(tmp / "fit.yaml", config))], tmp / "fit"
 
     return command
@@ -100,18 +88,17 @@ PAYLOAD_COMMANDS: dict[str, Callable[[Path, dict[str, Any], Path], tuple[list[st
     "export -o x.ckpt": _export_ckpt,
     "export -o x.onnx": _export_onnx,
     "infer": _infer,
-    "coarse-to-fine --teacher": _coarse_to_fine,
     "fit KTDA teacher": _fit(
-        "KnowledgeTransferTask",
+        "KnowledgeTransfer",
         lambda ckpt: {"teacher": _spec(ckpt), "student_levels": LEVELS, "modulation": None},
     ),
     "fit semi-supervised teachers": _fit(
-        "SemiSupervisedTask", lambda ckpt: {"teachers": [_spec(ckpt)]}
+        "SemiSupervised", lambda ckpt: {"teachers": [_spec(ckpt)]}
     ),
-    "fit coarse-to-fine teacher": _fit("CoarseToFineTask", lambda ckpt: {"teacher": str(ckpt)}),
-    "fit weights": _fit("SegmentationTask", lambda ckpt: {"weights": str(ckpt)}),
+    "fit coarse-to-fine teacher": _fit("CoarseToFine", lambda ckpt: {"teacher": str(ckpt)}),
+    "fit weights": _fit(None, lambda ckpt: {"weights": str(ckpt)}),
     "fit timm teacher": _fit(
-        "KnowledgeTransferTask",
+        "KnowledgeTransfer",
         lambda ckpt: {
             "teacher": {"kind": "timm", "arch": "resnet18", "path": str(ckpt), "layers": [2, 3, 4]},
             "student_levels": LEVELS,
@@ -130,6 +117,51 @@ def test_a_checkpoint_carrying_code_is_refused_unrun(case, payload, trained_run,
     assert not marker.exists(), "the payload ran"
     assert_refused(outcome, str(checkpoint), "refused", "`io.open`", CODE)
     assert tree_state(output) == before
+
+
+# --------------------------------------------------------------------------------------------
+# the payload as a compare variant's teacher: refused unrun, before the baseline trains
+
+
+def _compare(ckpt: Path, run: dict[str, Any], tmp: Path) -> tuple[list[str], Path]:
+    """An experiment whose baseline would run first and whose second variant distils the
+    checkpoint (``CoarseToFine``)."""
+    write_config(tmp / "base.yaml", config_dict(run["data"], tmp / "unused", max_epochs=1))
+    distilled = {
+        "class_path": "geodistill.methods.CoarseToFine",
+        "init_args": {"teacher": str(ckpt)},
+    }
+    experiment = {
+        "base": "base.yaml",
+        "output": str(tmp / "compare"),
+        "seeds": [0],
+        "baseline": "plain",
+        "variants": {
+            "plain": {},
+            "distilled": {"model": {"init_args": {"distillation": distilled}}},
+        },
+    }
+    path = write_config(tmp / "experiment.yaml", experiment)
+    return ["compare", "--config", str(path)], tmp / "compare"
+
+
+def test_compare_refuses_a_payload_teacher_unrun(payload, trained_run, tmp_path, capsys):
+    checkpoint, marker = payload
+    args, output = _compare(checkpoint, trained_run, tmp_path)
+    outcome = run_cli(capsys, *args)
+    assert not marker.exists(), "the payload ran"
+    assert_refused(outcome, str(checkpoint), "refused", "`io.open`", CODE)
+    assert not list((output / "distilled").rglob("*.ckpt"))
+
+
+def test_compare_refuses_a_payload_teacher_before_any_run(payload, trained_run, tmp_path, capsys):
+    checkpoint, marker = payload
+    args, output = _compare(checkpoint, trained_run, tmp_path)
+    outcome = run_cli(capsys, *args)
+    assert not marker.exists(), "the payload ran"
+    assert_refused(outcome, str(checkpoint), "refused", "`io.open`", CODE)
+    assert not list(output.rglob("*.ckpt")), "a run trained before the teacher was checked"
+    assert tree_state(output) == {}
 
 
 # --------------------------------------------------------------------------------------------

@@ -29,11 +29,8 @@ import pytest
 import rasterio
 import yaml
 from fixtures_small import (
-    CLASSES,
-    TINY_MODEL,
     chip_transform,
     config_dict,
-    make_dataset,
     write_config,
     write_tif,
 )
@@ -72,42 +69,24 @@ def inputs(trained_run, tmp_path_factory) -> dict[str, Path]:
     class_map = np.zeros((64, 64), np.uint8)
     class_map[10:30, 10:30] = 1
     predict_config = config_dict(data, root / "fit", max_epochs=1, predict=data / "images")
-    c2f = c2f_config(make_c2f_data(root / "c2f_data"), root / "c2f_unused")
+    write_config(root / "base.yaml", config_dict(data, root / "unused", max_epochs=1))
     return {
         "ckpt": trained_run["last"],
         "scene": data / "images" / "chip_00.tif",
         "images": data / "images",
         "map": write_tif(root / "map.tif", class_map, transform=chip_transform(0)),
         "predict_config": write_config(root / "predict.yaml", predict_config),
-        "c2f_config": write_yaml(root / "c2f.yaml", c2f),
+        "experiment": write_yaml(root / "experiment.yaml", EXPERIMENT),
     }
 
 
-def make_c2f_data(root: Path) -> Path:
-    make_dataset(root / "coarse", n=4, seed=1)
-    make_dataset(root / "fine", n=4, seed=2)
-    return root
-
-
-def c2f_config(data: Path, out: Path) -> dict[str, Any]:
-    def domain(name: str) -> dict[str, str]:
-        return {"images": str(data / name / "images"), "labels": str(data / name / "labels")}
-
-    return {
-        "output": str(out),
-        "methods": ["fine_only", "attentive"],
-        "teacher": {"max_epochs": 1, "model": {**TINY_MODEL, "lr": 0.01}},
-        "student": {"max_epochs": 1, "model": {}},
-        "trainer": {"accelerator": "cpu", "enable_progress_bar": False},
-        "data": {
-            "classes": CLASSES,
-            "coarse": {"train": domain("coarse")},
-            "fine": {"train": domain("fine"), "val_fraction": 0.25, "test_fraction": 0.25},
-            "patch_size": 64,
-            "crops_per_image": 1,
-            "batch_size": 2,
-        },
-    }
+EXPERIMENT: dict[str, Any] = {
+    "base": "base.yaml",
+    "seeds": [0],
+    "baseline": "plain",
+    "variants": {"plain": {}, "fast": {"model": {"init_args": {"lr": 0.02}}}},
+}
+"""A ``geodistill compare`` experiment of the trained run's data (refused before any run)."""
 
 
 def write_yaml(path: Path, config: dict[str, Any]) -> Path:
@@ -188,8 +167,8 @@ def vectorize(out: str, *extra: str):
     return lambda i, t: ["vectorize", str(i["map"]), "-o", out, *extra]
 
 
-def c2f(out: str, *extra: str):
-    return lambda i, t: ["coarse-to-fine", "--config", str(i["c2f_config"]), "-o", out, *extra]
+def compare(out: str, *extra: str):
+    return lambda i, t: ["compare", "--config", str(i["experiment"]), "-o", out, *extra]
 
 
 def demo(out: str, *extra: str):
@@ -218,7 +197,7 @@ CASES: dict[str, Case] = {
         prepare("chips"), "chips", ("chips", "is a file", "-o"), _file("chips")
     ),
     "infer -o file": Case(infer("maps"), "maps", ("maps", "is a file", "folder"), _file("maps")),
-    "coarse-to-fine -o file": Case(c2f("runs"), "runs", ("runs", "is a file"), _file("runs")),
+    "compare -o file": Case(compare("runs"), "runs", ("runs", "is a file"), _file("runs")),
     "demo -o file": Case(demo("demo"), "demo", ("demo", "is a file"), _file("demo")),
     # a parent that is a file
     "stats parent is a file": Case(
@@ -240,7 +219,10 @@ CASES: dict[str, Case] = {
     "vectorize read-only /sys": Case(
         vectorize(RO + ".gpkg"), RO, (RO, "cannot write"), read_only_sys=True
     ),
-    "coarse-to-fine read-only /sys": Case(c2f(RO), RO, (RO, "cannot write"), read_only_sys=True),
+    "compare read-only /sys": Case(compare(RO), RO, (RO, "cannot write"), read_only_sys=True),
+    "compare read-only probe": Case(
+        compare("runs"), "runs", ("runs", "cannot write", "Read-only"), _read_only_probe
+    ),
     "demo read-only /sys": Case(demo(RO), RO, (RO, "cannot write"), read_only_sys=True),
     "stats read-only probe": Case(
         stats("s.json"), "s.json", ("s.json", "cannot write", "Read-only"), _read_only_probe
@@ -277,14 +259,11 @@ CASES: dict[str, Case] = {
         ("p_summary.json", "--overwrite"),
         _file("p_summary.json"),
     ),  # fmt: skip
-    "coarse-to-fine existing runs": Case(
-        c2f("runs"),
+    "compare existing variant folder": Case(
+        compare("runs"),
         "runs",
-        ("runs/results.json", "--overwrite", "--resume"),
-        _file("runs/results.json", "{}"),
-    ),  # fmt: skip
-    "coarse-to-fine existing run folder": Case(
-        c2f("runs"), "runs", ("runs/attentive", "--overwrite"), _folder("runs/attentive")
+        ("runs/fast", "already exists", "--overwrite", "--resume"),
+        _folder("runs/fast"),
     ),
     "demo existing": Case(
         demo("d"), "d", ("d/summary.json", "--overwrite"), _file("d/summary.json", "{}")
@@ -320,8 +299,8 @@ CASES: dict[str, Case] = {
     "stats --pixels-per-image 0": Case(
         stats("s.json", "--pixels-per-image", "0"), "s.json", ("--pixels-per-image must be ≥ 1",)
     ),
-    "coarse-to-fine --overwrite --resume": Case(
-        c2f("runs", "--overwrite", "--resume"), "runs", ("--resume", "not allowed with")
+    "compare --overwrite --resume": Case(
+        compare("runs", "--overwrite", "--resume"), "runs", ("--resume", "not allowed with")
     ),
 }
 
@@ -369,69 +348,52 @@ def test_tile_the_model_cannot_take(inputs, tmp_path, monkeypatch, capsys):
 
 
 # --------------------------------------------------------------------------------------------
-# overwriting and resuming coarse-to-fine (training replaced by a fast stand-in)
+# overwriting and resuming compare (training replaced by a fast stand-in)
 
 
 @pytest.fixture
-def fake_training(monkeypatch):
-    """``run_method`` writes a checkpoint and returns fixed metrics; calls are recorded."""
-    from geodistill.experiment import ExperimentResult
-    from geodistill.pipelines import coarse_to_fine as pipeline
-
+def fake_runs(monkeypatch):
+    """Each run writes a checkpoint and ``run.json`` with a fixed score; run keys are recorded."""
     calls: list[str] = []
 
-    def run_method(name, config, run_dir, teacher=None, callbacks=()):
-        calls.append(name)
-        best = Path(run_dir) / "checkpoints" / "best.ckpt"
+    def execute_run(folder, fields, callbacks=()):
+        folder = Path(folder)
+        calls.append(f"{fields['name']}/{fields['budget']}/seed{fields['seed']}")
+        best = folder / "checkpoints" / "best.ckpt"
         best.parent.mkdir(parents=True, exist_ok=True)
         assert not best.exists(), "an old run was left in place"
-        best.write_text(name)
-        metrics = {"mIoU": 0.5, "boundary_F1": 0.4, "OA": 0.9, "IoU/background": float("nan")}
-        metrics["IoU/target"] = 0.3
-        return ExperimentResult(metrics, best, None)
+        best.write_text(fields["name"])
+        record = {**fields, "metrics": {"test/mIoU": 0.5}, "checkpoint": str(best)}
+        record["seconds"] = 1.0
+        (folder / "run.json").write_text(json.dumps(record))
+        return record
 
-    def export_student(checkpoint, output, overwrite=False, tile_size=None):
-        Path(output).write_text("student")
-        return Path(output)
-
-    monkeypatch.setattr(pipeline, "run_method", run_method)
-    monkeypatch.setattr("geodistill.export.export_student", export_student)
+    monkeypatch.setattr("geodistill.experiments.harness.execute_run", execute_run)
     return calls
 
 
-def test_coarse_to_fine_overwrite_and_resume(inputs, tmp_path, fake_training, capsys):
-    args = c2f("runs")(inputs, tmp_path)
+def test_compare_overwrite_and_resume(inputs, tmp_path, fake_runs, capsys):
+    args = compare("runs")(inputs, tmp_path)
+    runs = tmp_path / "runs"
     assert run_cli(capsys, *args).code == 0
-    assert fake_training == ["coarse_only", "fine_only", "attentive"]
-    first = json.loads((tmp_path / "runs" / "results.json").read_text())
+    assert fake_runs == ["plain/base/seed0", "fast/base/seed0"]
+    first = json.loads((runs / "results.json").read_text())
 
-    before = tree_state(tmp_path / "runs")
-    assert_refused(run_cli(capsys, *args), "results.json", "--overwrite", "--resume")
-    assert tree_state(tmp_path / "runs") == before
-
-    fake_training.clear()  # everything complete: nothing runs again
+    fake_runs.clear()  # everything complete: nothing runs again
     assert run_cli(capsys, *args, "--resume").code == 0
-    assert fake_training == []
-    assert (
-        json.loads((tmp_path / "runs" / "results.json").read_text())["results"]
-        == (first["results"])
-    )
+    assert fake_runs == []
+    assert json.loads((runs / "results.json").read_text())["runs"] == first["runs"]
 
-    (tmp_path / "runs" / "attentive" / "run.json").unlink()  # as if killed before it finished
+    (runs / "fast" / "base" / "seed0" / "run.json").unlink()  # as if killed before it finished
     assert run_cli(capsys, *args, "--resume").code == 0
-    assert fake_training == ["attentive"]
-    assert not (tmp_path / "runs" / "attentive" / "checkpoints" / "best-v1.ckpt").exists()
+    assert fake_runs == ["fast/base/seed0"]  # its old folder is cleared first (no best-v1)
+    assert sorted(p.name for p in (runs / "fast").rglob("*.ckpt")) == ["best.ckpt"]
 
-    (tmp_path / "runs" / "lwf").mkdir()  # an older run of another method
-    fake_training.clear()
+    (runs / "plain" / "base" / "seed0" / "stale.txt").write_text("old")
+    fake_runs.clear()
     assert run_cli(capsys, *args, "--overwrite").code == 0
-    assert fake_training == ["coarse_only", "fine_only", "attentive"]
-    assert not (tmp_path / "runs" / "lwf").exists()
-
-    before = tree_state(tmp_path / "runs")
-    outcome = run_cli(capsys, *args, "--resume", "--seed", "7")
-    assert_refused(outcome, "runs/coarse_only", "another configuration", "--overwrite")
-    assert tree_state(tmp_path / "runs") == before
+    assert fake_runs == ["plain/base/seed0", "fast/base/seed0"]
+    assert not (runs / "plain" / "base" / "seed0" / "stale.txt").exists()
 
 
 def test_stats_overwrite_replaces(inputs, tmp_path, capsys):

@@ -23,7 +23,7 @@ from geodistill.metrics import (
     metrics_to_json,
     metrics_to_markdown,
 )
-from geodistill.pipelines.coarse_to_fine import write_results_table
+from geodistill.reporting import results_table
 
 I = 255  # noqa: E741  (ignore_index, short so the label maps stay readable)
 
@@ -185,10 +185,10 @@ def test_means_over_runs_leave_undefined_out() -> None:
         {"fine_only": run(0.6, 0.3)},
         {"fine_only": run(0.5, 0.5)},
     ]
-    row = write_results_table(seeds, ["a"]).splitlines()[-1]
+    row = results_table(seeds, ["a"]).splitlines()[-1]
     assert "| 40.00 ± 10.00 (2/3 runs) |" in row  # boundary F1: mean and std of 0.3 and 0.5
     undefined = [{"fine_only": run(0.4, math.nan)}, {"fine_only": run(0.6, math.nan)}]
-    assert write_results_table(undefined, ["a"]).splitlines()[-1].split(" | ")[2] == "–"
+    assert results_table(undefined, ["a"]).splitlines()[-1].split(" | ")[2] == "–"
     # geodistill compare: run records hold null (JSON) for an undefined value.
     records = [
         {
@@ -223,11 +223,11 @@ def test_dilation_is_the_chebyshev_square_of_a_max_pool() -> None:
 
 def test_sparse_column_only_where_the_labels_have_gaps() -> None:
     dense = {"mIoU": 0.5, "boundary_F1": 0.4, "boundary_F1_sparse": 0.4, "OA": 0.9, "IoU/a": 0.5}
-    header = write_results_table({"fine_only": dense}, ["a"]).splitlines()[0]
+    header = results_table({"fine_only": dense}, ["a"]).splitlines()[0]
     assert "boundary_F1_sparse" not in header  # dense labels: the two scores are equal
     assert "sparse" not in results_text({"fine_only": dense}, {})[0]  # no extra column
     gaps = {**dense, "boundary_F1": math.nan, "boundary_F1_sparse": 0.6}
-    table = write_results_table({"fine_only": gaps}, ["a"]).splitlines()
+    table = results_table({"fine_only": gaps}, ["a"]).splitlines()
     assert table[0].startswith("| method | mIoU | boundary_F1 | boundary_F1_sparse | OA |")
     assert table[-1] == "| fine_only | 50.00 | – | 60.00 | 90.00 | 50.00 | – |"
     lines = results_text({"fine_only": gaps}, {"fine_only": 0.75})

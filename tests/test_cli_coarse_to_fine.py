@@ -1,209 +1,259 @@
-"""``geodistill coarse-to-fine`` and ``geodistill export``: both stages from YAML, and bad input."""
+"""The coarse-to-fine recipe as a ``geodistill compare`` experiment, ``geodistill export``, and
+stage two alone through ``geodistill fit``.
+
+``configs/coarse_to_fine_demo.yaml`` is checked as it ships; a copy of it pointed at tiny
+self-made data (a coarse and a fine domain) and the tiny student, 1 seed and 1 epoch, is run once
+for the module with three of its variants and inspected by the tests.
+"""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 import yaml
-from fixtures_small import CLASSES, TINY_MODEL, cli, make_dataset
-from harness import assert_user_error
+from fixtures_small import TINY_MODEL, cli, config_dict, make_dataset, write_config
+from harness import assert_refused, assert_user_error, run_cli, run_quietly
 
+from geodistill.experiments import load_experiment, select_variants
 from geodistill.tasks import SegmentationTask
+
+RECIPE = Path(__file__).resolve().parents[1] / "configs" / "coarse_to_fine_demo.yaml"
+STAGE = "${stages.coarse_only.checkpoint}"
+VARIANTS = [
+    "fine_only",
+    "naive_finetune",
+    "joint",
+    "lwf",
+    "feature_kd",
+    "oracle",
+    "attentive",
+    "feature_only",
+    "prediction_only",
+    "no_attention",
+]
+SELECTED = ["fine_only", "naive_finetune", "attentive"]
+RECIPE_CLASSES = ["background", "mining"]
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
+    """The demo data's layout (coarse region A, fine region B, its test chips), tiny."""
     root = tmp_path_factory.mktemp("c2f_data")
-    make_dataset(root / "coarse", n=6, seed=1)
-    make_dataset(root / "fine", n=6, seed=2)
+    make_dataset(root / "coarse", n=4, seed=1)
+    shutil.copytree(root / "coarse" / "labels", root / "coarse" / "fine_labels")  # the oracle's
+    make_dataset(root / "fine", n=3, seed=2)
     make_dataset(root / "test", n=2, seed=3)
     make_dataset(root / "three_bands", n=4, bands=3, seed=4)
     return root
 
 
-def c2f_config(data: Path, out: Path, **changes) -> dict:
-    def domain(name: str) -> dict:
-        return {"images": str(data / name / "images"), "labels": str(data / name / "labels")}
-
-    config = {
-        "output": str(out),
-        "methods": ["fine_only", "attentive"],
-        "teacher": {"max_epochs": 1, "model": {**TINY_MODEL, "lr": 0.01}},
-        "student": {"max_epochs": 1, "model": {"temperature": 2.0}},
-        "trainer": {"accelerator": "cpu", "enable_progress_bar": False},
-        "data": {
-            "classes": CLASSES,
-            "coarse": {"train": domain("coarse")},
-            "fine": {"train": domain("fine"), "test": domain("test"), "val_fraction": 0.34},
-            "patch_size": 64,
-            "crops_per_image": 1,
-            "batch_size": 2,
-            "eval_batch_size": 2,
-            "cache": True,
-        },
-    }
-    config.update(changes)
-    return config
-
-
-def write_yaml(path: Path, config: dict) -> Path:
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return path
+def tiny_recipe(data: Path, output: Path) -> dict[str, Any]:
+    """The shipped recipe with its data paths on ``data``, the tiny student, 1 seed, 1 epoch."""
+    recipe = yaml.safe_load(RECIPE.read_text().replace("outputs/demo/data", str(data)))
+    recipe["output"] = str(output)
+    recipe["seeds"] = [0]
+    base = recipe["base"]
+    base["trainer"].update(max_epochs=1, accelerator="cpu", enable_model_summary=False)
+    base["model"]["init_args"] = {**TINY_MODEL, "loss": "ce", "lr": 0.01, "warmup_fraction": 0.0}
+    base["data"]["init_args"].update(
+        patch_size=64, crops_per_image=1, batch_size=2, unlabeled_batch_size=2, eval_batch_size=2
+    )
+    base["data"]["init_args"]["augment"] = False
+    recipe["stages"]["coarse_only"]["overrides"]["trainer"]["max_epochs"] = 1
+    for overrides in recipe["variants"].values():
+        if "trainer" in overrides:
+            overrides["trainer"]["max_epochs"] = 1
+    return recipe
 
 
 @pytest.fixture(scope="module")
-def two_stages(data, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("c2f_run") / "run"
-    config = write_yaml(out.parent / "c2f.yaml", c2f_config(data, out))
-    code, stdout, err = cli_outside_capsys("coarse-to-fine", "--config", str(config))
+def recipe_run(data, tmp_path_factory) -> dict[str, Path]:
+    """The recipe copy, run once with three variants (in-process, output captured)."""
+    root = tmp_path_factory.mktemp("c2f_run")
+    path = write_config(root / "coarse_to_fine.yaml", tiny_recipe(data, root / "out"))
+    code, stdout, err = run_quietly(
+        "compare", "--config", str(path), "--variants", ",".join(SELECTED)
+    )
     assert code == 0, err
-    assert "attentive" in stdout and "gap recovered" in stdout
-    return out
+    assert "| attentive |" in stdout
+    out = root / "out"
+    return {
+        "root": root,
+        "experiment": path,
+        "out": out,
+        "teacher": out / "stages" / "coarse_only" / "seed0" / "checkpoints" / "best.ckpt",
+        "attentive": out / "attentive" / "base" / "seed0" / "checkpoints" / "best.ckpt",
+    }
 
 
-def cli_outside_capsys(*args: str) -> tuple[int, str, str]:
-    """Run a command in a module fixture (capsys is function-scoped): output through files."""
-    import contextlib
-    import io
-
-    from geodistill.cli.main import main
-
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(list(args))
-    return code, out.getvalue(), err.getvalue()
+# --------------------------------------------------------------------------------------------
+# the recipe as it ships
 
 
-def test_one_command_runs_both_stages_and_exports_a_teacher_free_student(two_stages):
-    report = json.loads((two_stages / "results.json").read_text())
-    assert list(report["results"]) == ["fine_only", "coarse_only", "attentive"]
-    assert report["teacher"].endswith("coarse_only/checkpoints/best.ckpt")
-    for metrics in report["results"].values():
-        assert 0.0 <= metrics["mIoU"] <= 1.0
-    student = torch.load(two_stages / "attentive" / "student.ckpt", weights_only=False)
-    assert all(k.startswith(("model.", "criterion.")) for k in student["state_dict"])
-    assert "teacher" not in student["hyper_parameters"]
-    task = SegmentationTask.load_from_checkpoint(two_stages / "attentive" / "student.ckpt")
-    assert task.class_names == CLASSES
+def test_the_recipe_is_an_experiment_with_a_teacher_stage_and_every_variant():
+    experiment = load_experiment(RECIPE)
+    assert list(experiment.stages) == ["coarse_only"]
+    assert list(experiment.variants) == VARIANTS
+    assert experiment.baseline == "fine_only" and experiment.metric == "test/mIoU"
+    assert experiment.base["model"]["class_path"] == "geodistill.tasks.SegmentationTask"
+    # Every distilling variant learns from the stage's teacher; the others train without one.
+    for name in ("fine_only", "joint", "oracle"):
+        assert experiment.needs[name] == (), name
+    for name in set(VARIANTS) - {"fine_only", "joint", "oracle"}:
+        assert experiment.needs[name] == ("coarse_only",), name
+        distillation = experiment.variants[name]["model"]["init_args"]["distillation"]
+        assert distillation["class_path"] == "geodistill.methods.CoarseToFine", name
+        assert distillation["init_args"]["teacher"] == STAGE, name
+    # A subset without a distilling variant needs no teacher.
+    assert select_variants(experiment, ["fine_only", "joint"]).stages == {}
+    assert list(select_variants(experiment, ["fine_only", "lwf"]).stages) == ["coarse_only"]
 
 
-def test_stage_two_from_an_existing_teacher(two_stages, data, tmp_path, capsys):
-    out = tmp_path / "again"
-    config = write_yaml(tmp_path / "c2f.yaml", c2f_config(data, out))
-    teacher = two_stages / "coarse_only" / "checkpoints" / "best.ckpt"
-    code, stdout, err = cli(
-        capsys, "coarse-to-fine", "--config", str(config), "--teacher", str(teacher),
-        "--methods", "lwf",
-    )  # fmt: skip
-    assert code == 0, err
-    report = json.loads((out / "results.json").read_text())
-    assert list(report["results"]) == ["lwf"]
-    assert not (out / "coarse_only").exists()  # stage 1 was not trained again
-    assert report["teacher"] == str(teacher)
+# --------------------------------------------------------------------------------------------
+# the recipe, run on tiny data
 
 
-def test_export_command_and_refusal_to_overwrite(two_stages, tmp_path, capsys):
-    best = two_stages / "attentive" / "checkpoints" / "best.ckpt"
+def test_the_stage_and_the_selected_variants_run_and_nothing_else(recipe_run):
+    out = recipe_run["out"]
+    results = json.loads((out / "results.json").read_text())
+    assert results["stages"] == ["coarse_only"]
+    assert results["variants"] == SELECTED
+    assert results["baseline"] == "fine_only"
+    runs = {(run["kind"], run["name"]) for run in results["runs"]}
+    assert runs == {("stage", "coarse_only")} | {("variant", name) for name in SELECTED}
+    assert len(results["runs"]) == 4  # one seed
+    for run in results["runs"]:
+        assert 0.0 <= run["metrics"]["test/mIoU"] <= 1.0, run["name"]
+        assert Path(run["checkpoint"]).is_file(), run["name"]
+    assert recipe_run["teacher"].is_file()
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == sorted([*SELECTED, "stages"])
+    table = (out / "results.md").read_text()
+    assert "## stages" in table and "| coarse_only | shared |" in table
+    for name in SELECTED:
+        assert f"| {name} |" in table
+    assert "| joint |" not in table
+
+
+def test_distilling_variants_learn_from_the_stage_checkpoint(recipe_run):
+    out = recipe_run["out"]
+    for name in ("naive_finetune", "attentive"):
+        config = yaml.safe_load((out / name / "base" / "seed0" / "config.yaml").read_text())
+        distillation = config["model"]["init_args"]["distillation"]
+        assert distillation["class_path"] == "geodistill.methods.CoarseToFine", name
+        assert distillation["init_args"]["teacher"] == str(recipe_run["teacher"]), name
+        saved = torch.load(
+            out / name / "base" / "seed0" / "checkpoints" / "best.ckpt", weights_only=False
+        )
+        assert saved["geodistill"]["teacher"] == str(recipe_run["teacher"]), name
+        assert not any("teacher" in key for key in saved["state_dict"]), name
+    attentive = yaml.safe_load((out / "attentive" / "base" / "seed0" / "config.yaml").read_text())
+    assert attentive["data"]["init_args"]["unlabeled_from"] == "coarse"
+    fine_only = yaml.safe_load((out / "fine_only" / "base" / "seed0" / "config.yaml").read_text())
+    assert fine_only["model"]["init_args"].get("distillation") is None
+    stage = yaml.safe_load((out / "stages" / "coarse_only" / "seed0" / "config.yaml").read_text())
+    assert stage["data"]["init_args"]["train_on"] == "coarse"
+
+
+def test_an_existing_teacher_replaces_the_stage(recipe_run, data, tmp_path, capsys):
+    recipe = tiny_recipe(data, tmp_path / "out")
+    del recipe["stages"]
+    text = yaml.safe_dump(recipe, sort_keys=False).replace(STAGE, str(recipe_run["teacher"]))
+    path = tmp_path / "reuse.yaml"
+    path.write_text(text)
+    experiment = load_experiment(path)
+    assert experiment.stages == {} and experiment.needs["attentive"] == ()
+    missing = tmp_path / "nowhere.ckpt"
+    path.write_text(text.replace(str(recipe_run["teacher"]), str(missing)))
+    outcome = run_cli(capsys, "compare", "--config", path, "--variants", "fine_only,attentive")
+    assert_refused(outcome, str(missing), "no such teacher file")
+    assert not (tmp_path / "out" / "attentive" / "base" / "seed0" / "run.json").exists()
+    assert not list(tmp_path.glob("out/**/*.ckpt")), "a run trained before the teacher was checked"
+
+
+# --------------------------------------------------------------------------------------------
+# export
+
+
+def test_export_command_and_refusal_to_overwrite(recipe_run, tmp_path, capsys):
+    best = recipe_run["attentive"]
     target = tmp_path / "student.ckpt"
     code, stdout, err = cli(capsys, "export", str(best), "-o", str(target))
     assert code == 0, err
     assert target.is_file()
+    student = torch.load(target, weights_only=False)
+    assert all(k.startswith(("model.", "criterion.")) for k in student["state_dict"])
+    assert "teacher" not in student["hyper_parameters"]
+    assert student["hyper_parameters"].get("distillation") is None
+    task = SegmentationTask.load_from_checkpoint(target, map_location="cpu")
+    assert task.class_names == RECIPE_CLASSES
     code, _, err = cli(capsys, "export", str(best), "-o", str(target))
     assert_user_error(code, err, str(target), "exists")
     assert cli(capsys, "export", str(best), "-o", str(target), "--overwrite")[0] == 0
 
 
-def _unknown_method(config: dict, data: Path) -> tuple[dict, tuple[str, ...]]:
-    return {**config, "methods": ["attentive", "magic"]}, ("magic",)
+# --------------------------------------------------------------------------------------------
+# stage two alone through ``geodistill fit``
 
 
-def _unknown_student_argument(config: dict, data: Path) -> tuple[dict, tuple[str, ...]]:
-    config["student"]["model"]["temprature"] = 3.0
-    return config, ("temprature", "student.model")
-
-
-def _missing_teacher(config: dict, data: Path) -> tuple[dict, tuple[str, ...]]:
-    missing = str(data / "nowhere.ckpt")
-    return {**config, "teacher_checkpoint": missing}, (missing,)
-
-
-def _empty_fine_set(config: dict, data: Path) -> tuple[dict, tuple[str, ...]]:
-    empty = data / "empty"
-    empty.mkdir(exist_ok=True)
-    config["data"]["fine"]["train"] = {"images": str(empty), "labels": str(empty)}
-    return config, ("fine", "no image files")
-
-
-def _empty_coarse_set(config: dict, data: Path) -> tuple[dict, tuple[str, ...]]:
-    empty = data / "empty"
-    empty.mkdir(exist_ok=True)
-    config["data"]["coarse"]["train"] = {"images": str(empty), "labels": str(empty)}
-    return config, ("coarse", "no image files")
-
-
-def _oracle_without_exact_labels(config: dict, data: Path) -> tuple[dict, tuple[str, ...]]:
-    return {**config, "methods": ["oracle"]}, ("exact_coarse_labels",)
-
-
-BAD_CONFIGS = {
-    "unknown method": _unknown_method,
-    "unknown student argument": _unknown_student_argument,
-    "missing teacher": _missing_teacher,
-    "empty fine set": _empty_fine_set,
-    "empty coarse set": _empty_coarse_set,
-    "oracle without exact labels": _oracle_without_exact_labels,
-}
-
-
-@pytest.mark.parametrize("case", list(BAD_CONFIGS))
-def test_bad_config_is_one_clear_line_before_training(case, data, tmp_path, capsys):
-    config, needles = BAD_CONFIGS[case](c2f_config(data, tmp_path / "out"), data)
-    path = write_yaml(tmp_path / "bad.yaml", config)
-    code, _, err = cli(capsys, "coarse-to-fine", "--config", str(path))
-    assert_user_error(code, err, *needles)
-    assert not (tmp_path / "out" / "coarse_only").exists()  # nothing trained
-
-
-def test_teacher_trained_on_other_bands_is_refused(two_stages, data, tmp_path, capsys):
-    config = c2f_config(data, tmp_path / "out", methods=["attentive"])
-    bands3 = data / "three_bands"
-    three = {"images": str(bands3 / "images"), "labels": str(bands3 / "labels")}
-    config["data"]["fine"] = {"train": three, "val_fraction": 0.25, "test_fraction": 0.25}
-    teacher = two_stages / "coarse_only" / "checkpoints" / "best.ckpt"
-    path = write_yaml(tmp_path / "bad.yaml", config)
-    code, _, err = cli(capsys, "coarse-to-fine", "--config", str(path), "--teacher", str(teacher))
-    assert_user_error(code, err, str(teacher), "4 bands")
-
-
-def test_stage_two_alone_through_lightning_fit(two_stages, data, tmp_path, capsys):
-    from fixtures_small import config_dict, write_config
-
-    teacher = two_stages / "coarse_only" / "checkpoints" / "best.ckpt"
+def distilled_fit_config(data: Path, out: Path, teacher: Path, fine: Path) -> dict[str, Any]:
     config = config_dict(
-        data / "fine",
-        tmp_path / "fit",
+        fine,
+        out,
         max_epochs=1,
         data={
             "coarse": {"train": {"images": str(data / "coarse" / "images")}},
             "unlabeled_from": "coarse",
+            "classes": RECIPE_CLASSES,  # the teacher's
         },
     )
     config["model"] = {
-        "class_path": "geodistill.tasks.CoarseToFineTask",
-        "init_args": {"teacher": str(teacher), "loss": "ce", "lr": 0.01},
+        "class_path": "geodistill.tasks.SegmentationTask",
+        "init_args": {
+            "loss": "ce",
+            "lr": 0.01,
+            "distillation": {
+                "class_path": "geodistill.methods.CoarseToFine",
+                "init_args": {"teacher": str(teacher)},
+            },
+        },
     }
+    return config
+
+
+def test_teacher_trained_on_other_bands_is_refused(recipe_run, data, tmp_path, capsys):
+    teacher = recipe_run["teacher"]
+    config = distilled_fit_config(data, tmp_path / "fit", teacher, data / "three_bands")
+    config["data"]["init_args"].pop("coarse")
+    config["data"]["init_args"].pop("unlabeled_from")
+    path = write_config(tmp_path / "bad.yaml", config)
+    code, _, err = cli(capsys, "fit", "--config", str(path))
+    assert_user_error(code, err, str(teacher), "4 bands")
+    assert not (tmp_path / "fit" / "checkpoints").exists()  # nothing trained
+
+
+def test_stage_two_alone_through_lightning_fit(recipe_run, data, tmp_path, capsys):
+    teacher = recipe_run["teacher"]
+    config = distilled_fit_config(data, tmp_path / "fit", teacher, data / "fine")
     path = write_config(tmp_path / "fit.yaml", config)
     code, _, err = cli(capsys, "fit", "--config", str(path))
     assert code == 0, err
     saved = torch.load(tmp_path / "fit" / "checkpoints" / "last.ckpt", weights_only=False)
-    assert saved["hyper_parameters"]["teacher"] == str(teacher)
+    recorded = saved["hyper_parameters"]["distillation"]
+    assert recorded["class_path"] == "geodistill.methods.CoarseToFine"
+    assert recorded["init_args"]["teacher"] == str(teacher)
+    assert list(saved["hyper_parameters"]["band_names"]) == saved["geodistill"]["band_names"]
     assert saved["geodistill"]["teacher"] == str(teacher)
-    assert not any(k.startswith("_teacher") for k in saved["state_dict"])
+    assert not any("teacher" in k for k in saved["state_dict"])
     exported = tmp_path / "student.ckpt"
     last = tmp_path / "fit" / "checkpoints" / "last.ckpt"
     assert cli(capsys, "export", str(last), "-o", str(exported))[0] == 0
+    assert torch.load(exported, weights_only=False)["hyper_parameters"].get("distillation") is None
     student = SegmentationTask.load_from_checkpoint(exported, map_location="cpu")
+    assert student.distillation is None
     assert student.hparams.encoder == TINY_MODEL["encoder"]  # the teacher's network, not a default
+    assert student.class_names == RECIPE_CLASSES

@@ -1,14 +1,15 @@
-"""Coarse-to-fine learning: the distillation task, teacher-free export, data and the pipeline.
+"""Coarse-to-fine learning: the distillation method, teacher-free export, data and the table.
 
 Everything runs on CPU on the SYNTHETIC demo data cut down to 64-pixel chips (4 coarse, 4 fine,
 2 test) and the tiny student of ``fixtures_small``; every fit is a single epoch. One teacher and
-one distilled student are trained per module and shared by the tests.
+one distilled student are trained per module and shared by the tests. The recipe (teacher stage,
+baselines, ablations) runs as a ``geodistill compare`` experiment: ``test_cli_coarse_to_fine.py``.
 """
 
 from __future__ import annotations
 
 import csv
-import json
+import inspect
 import shutil
 import warnings
 from pathlib import Path
@@ -21,8 +22,10 @@ import pytest
 import rasterio
 import torch
 from fixtures_small import TINY_MODEL, make_dataset
+from jsonargparse import ArgumentParser
 from torch import Tensor, nn
 
+from geodistill.data import GeoSegDataModule
 from geodistill.data.raster import read_image
 from geodistill.data.synthetic import BAND_NAMES, write_demo_dataset
 from geodistill.errors import GeodistillError
@@ -30,17 +33,19 @@ from geodistill.experiment import fit_and_test
 from geodistill.export import export_student
 from geodistill.losses.attention import distillation_attention
 from geodistill.losses.distillation import prediction_distillation
-from geodistill.pipelines.coarse_to_fine import (
-    CoarseToFineConfig,
-    Stage,
-    build_datamodule,
-    run_coarse_to_fine,
-    write_results_table,
-)
-from geodistill.tasks import CoarseToFineTask, SegmentationTask
+from geodistill.methods import CoarseToFine
+from geodistill.reporting import results_table
+from geodistill.tasks import SegmentationTask
 
 CLASSES = ["background", "mining"]
 IGNORE = 255
+
+
+def build_datamodule(data: dict[str, Any], **overrides: Any) -> GeoSegDataModule:
+    """The data module from plain (config-like) arguments, type-checked as a config would be."""
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(GeoSegDataModule, "data")
+    return parser.instantiate(parser.parse_object({"data": {**data, **overrides}})).data
 
 
 def quiet_fit(*args: Any, **kwargs: Any):
@@ -100,9 +105,31 @@ def teacher_ckpt(data, tmp_path_factory) -> Path:
     return result.checkpoint
 
 
-def make_task(teacher: Path | str, **kwargs: Any) -> CoarseToFineTask:
-    args = {"in_channels": 6, "num_classes": 2, "class_names": CLASSES, **kwargs}
-    return CoarseToFineTask(teacher=str(teacher), **args)
+METHOD_ARGS = set(inspect.signature(CoarseToFine.__init__).parameters) - {"self", "teacher"}
+
+
+def make_task(teacher: Path | str, **kwargs: Any) -> SegmentationTask:
+    """A task distilled from ``teacher``: method options go to :class:`CoarseToFine`, the rest
+    to the task (by default 6 bands named as the demo's GeoTIFFs, which the teacher saw)."""
+    method = {k: kwargs.pop(k) for k in list(kwargs) if k in METHOD_ARGS}
+    args = {
+        "in_channels": 6,
+        "num_classes": 2,
+        "class_names": CLASSES,
+        "band_names": list(BAND_NAMES),
+        **kwargs,
+    }
+    return SegmentationTask(**args, distillation=CoarseToFine(teacher=str(teacher), **method))
+
+
+def method(task: SegmentationTask) -> CoarseToFine:
+    assert isinstance(task.distillation, CoarseToFine)
+    return task.distillation
+
+
+def teacher_model(task: SegmentationTask) -> nn.Module:
+    """The frozen teacher's segmentation network (a ``SegmentationModel``)."""
+    return method(task).teacher.network.model
 
 
 def clone_state(module: nn.Module) -> dict[str, Tensor]:
@@ -156,7 +183,7 @@ def distilled(teacher_ckpt, data, tmp_path_factory) -> SimpleNamespace:
     L.seed_everything(0, verbose=False)
     datamodule = build_datamodule(data, unlabeled_from="coarse")
     task = make_task(teacher_copy, lr=0.01, warmup_fraction=0.0)
-    teacher_before = clone_state(task._teacher.model)
+    teacher_before = clone_state(teacher_model(task))
     student_before = clone_state(task.model)
     result = quiet_fit(task, datamodule, tmp / "run", max_epochs=1)
     return SimpleNamespace(
@@ -175,16 +202,18 @@ def distilled(teacher_ckpt, data, tmp_path_factory) -> SimpleNamespace:
 
 def test_student_starts_as_a_copy_of_the_frozen_teacher(teacher_ckpt):
     task = make_task(teacher_ckpt)
-    teacher = task._teacher
-    assert_same_state(clone_state(task.model), clone_state(teacher.model))
-    assert not teacher.model.training
-    assert all(not p.requires_grad for p in teacher.model.parameters())
+    teacher = method(task).teacher
+    network = teacher_model(task)
+    assert_same_state(clone_state(task.model), clone_state(network))
+    assert not network.training
+    assert all(not p.requires_grad for p in network.parameters())
     assert all(p.requires_grad for p in task.model.parameters())
     # The teacher is no submodule: train() leaves it in eval mode, parameters() excludes it.
     task.train()
-    assert not teacher.model.training
-    assert not any(n.startswith(("teacher", "_teacher")) for n, _ in task.named_parameters())
-    assert teacher.band_names == list(BAND_NAMES)
+    assert not network.training
+    assert not any("teacher" in n for n, _ in task.named_parameters())
+    assert not any("teacher" in n for n in task.state_dict())
+    assert teacher.network.band_names == list(BAND_NAMES)
     assert teacher.class_names == CLASSES
 
 
@@ -200,7 +229,7 @@ def test_architecture_comes_from_the_teacher(teacher_ckpt):
     assert task.hparams.encoder == TINY_MODEL["encoder"]
     assert task.hparams.arch_kwargs == TINY_MODEL["arch_kwargs"]
     assert task.hparams.weights is None
-    assert_same_state(clone_state(task.model), clone_state(task._teacher.model))
+    assert_same_state(clone_state(task.model), clone_state(teacher_model(task)))
 
 
 def test_student_of_another_architecture_gets_feature_projections(teacher_ckpt):
@@ -209,7 +238,7 @@ def test_student_of_another_architecture_gets_feature_projections(teacher_ckpt):
         teacher_ckpt, init_from_teacher=False, encoder="resnet18", arch_kwargs=arch_kwargs
     )
     assert task.hparams.arch_kwargs == arch_kwargs
-    encoder_level, decoder_level = task.feature_distillation.aligners
+    encoder_level, decoder_level = method(task).feature_distillation.aligners
     assert isinstance(encoder_level.projection, nn.Identity)  # 128 channels on both sides
     assert isinstance(decoder_level.projection, nn.Conv2d)
     assert (decoder_level.projection.in_channels, decoder_level.projection.out_channels) == (4, 8)
@@ -222,8 +251,8 @@ def test_classes_in_another_order_permute_the_head(teacher_ckpt):
     task.model.eval()
     with torch.no_grad():
         student = task.model(x)
-        teacher = task._teacher.model(x)
-        reordered = task._teacher_outputs(x).logits
+        teacher = teacher_model(task)(x)
+        reordered = method(task)._teacher_outputs(x).logits
     assert not torch.allclose(student, teacher, atol=1e-6)
     assert torch.allclose(student[:, 0], teacher[:, 1], atol=1e-6)
     assert torch.allclose(student[:, 1], teacher[:, 0], atol=1e-6)
@@ -244,8 +273,8 @@ def test_attentive_and_uniform_distillation_differ_on_the_same_batch(teacher_ckp
         task.eval()
         with torch.no_grad():
             student = task.model.forward_features(images)
-            teacher = task._teacher_outputs(images)
-            terms[attention] = task._distillation(student, teacher, images, mask)
+            teacher = method(task)._teacher_outputs(images)
+            terms[attention] = method(task)._terms(student, teacher, images, mask)
         valid = ~torch.isnan(images).any(1)
         # Wired to the public losses with the task's temperature and attention settings.
         weights = None
@@ -279,20 +308,21 @@ def test_training_step_adds_the_weighted_distillation_terms(teacher_ckpt, batch,
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
     assert logs["train/loss"].item() == pytest.approx(loss.item())
     loss.backward()
-    assert all(p.grad is None for p in task._teacher.model.parameters())
+    assert all(p.grad is None for p in teacher_model(task).parameters())
     assert task.model.network.segmentation_head[0].weight.grad.abs().sum() > 0
 
 
 def test_no_distillation_weights_never_call_the_teacher(teacher_ckpt, batch, monkeypatch):
     task = make_task(teacher_ckpt, feature_weight=0.0, prediction_weight=0.0)
-    assert not task.distills
-    assert make_task(teacher_ckpt, feature_weight=0.0).distills
+    assert not method(task).active
+    assert make_task(teacher_ckpt, feature_weight=0.0).distillation.active
 
     def boom(*args: Any, **kwargs: Any):
         raise AssertionError("the teacher was called")
 
-    monkeypatch.setattr(task._teacher.model, "forward_features", boom)
-    monkeypatch.setattr(task._teacher.model, "forward", boom)
+    monkeypatch.setattr(teacher_model(task), "forward_features", boom)
+    monkeypatch.setattr(teacher_model(task), "forward", boom)
+    monkeypatch.setattr(method(task).teacher, "forward", boom)
     monkeypatch.setattr(task, "log", lambda *a, **k: None)
     monkeypatch.setattr(task, "log_dict", lambda *a, **k: None)
     task.train()
@@ -307,7 +337,7 @@ def test_no_distillation_weights_never_call_the_teacher(teacher_ckpt, batch, mon
 
 
 def test_fit_trains_the_student_and_leaves_the_teacher_alone(distilled):
-    teacher = distilled.task._teacher.model
+    teacher = teacher_model(distilled.task)
     assert_same_state(clone_state(teacher), distilled.teacher_before)
     assert not teacher.training
     assert all(not p.requires_grad for p in teacher.parameters())
@@ -336,19 +366,21 @@ def test_checkpoint_holds_the_student_only(distilled):
     checkpoint = torch.load(distilled.result.checkpoint, map_location="cpu", weights_only=False)
     keys = list(checkpoint["state_dict"])
     assert not [k for k in keys if "teacher" in k]
-    assert all(k.startswith(("model.", "criterion.", "feature_distillation.")) for k in keys)
+    assert all(k.startswith(("model.", "criterion.", "distillation.")) for k in keys)
     model_keys = {k for k in keys if k.startswith("model.")}
     assert model_keys == {f"model.{k}" for k in distilled.task.model.state_dict()}
     # Exactly the task's own submodules: one copy of the student network and nothing more.
     own = {
         f"{name}.{k}"
-        for name in ("model", "criterion", "feature_distillation")
+        for name in ("model", "criterion", "distillation")
         for k in getattr(distilled.task, name).state_dict()
     }
     assert set(keys) == own
     tensors = [v for v in checkpoint["state_dict"].values() if isinstance(v, Tensor)]
     assert len(tensors) == len(keys)
-    assert checkpoint["hyper_parameters"]["teacher"] == str(distilled.teacher_path)
+    recorded = checkpoint["hyper_parameters"]["distillation"]
+    assert recorded["class_path"] == "geodistill.methods.CoarseToFine"
+    assert recorded["init_args"]["teacher"] == str(distilled.teacher_path)
     assert checkpoint["geodistill"]["teacher"] == str(distilled.teacher_path)
     assert checkpoint["geodistill"]["band_names"] == list(BAND_NAMES)
 
@@ -363,6 +395,7 @@ def test_exported_student_loads_and_predicts_without_the_teacher(distilled, tmp_
     assert student.band_names == list(BAND_NAMES) and student.class_names == CLASSES
     saved = torch.load(output, map_location="cpu", weights_only=False)
     assert "teacher" not in saved["hyper_parameters"] and "teacher" not in saved["geodistill"]
+    assert saved["hyper_parameters"].get("distillation") is None
     assert all(k.startswith(("model.", "criterion.")) for k in saved["state_dict"])
     torch.manual_seed(0)
     x = torch.rand(2, 6, 64, 64) * 3000
@@ -389,7 +422,7 @@ def test_export_refuses_to_overwrite(distilled, tmp_path):
 def test_exported_student_can_teach_the_next_stage(distilled, tmp_path):
     output = export_student(distilled.result.checkpoint, tmp_path / "student.ckpt")
     task = make_task(output)
-    assert task._teacher.band_names == list(BAND_NAMES)
+    assert method(task).teacher.network.band_names == list(BAND_NAMES)
     assert_same_state(clone_state(task.model), clone_state(distilled.task.model))
 
 
@@ -405,7 +438,7 @@ def test_teacher_that_never_saw_a_class_is_refused(teacher_ckpt):
 
 def test_missing_or_unreadable_teacher_is_refused(tmp_path):
     missing = tmp_path / "missing.ckpt"
-    with pytest.raises(GeodistillError, match="no such checkpoint") as err:
+    with pytest.raises(GeodistillError, match="no such teacher file") as err:
         make_task(missing)
     assert str(missing) in str(err.value)
     garbage = tmp_path / "garbage.ckpt"
@@ -416,8 +449,8 @@ def test_missing_or_unreadable_teacher_is_refused(tmp_path):
 
 
 def test_teacher_with_another_band_count_is_refused(teacher_ckpt):
-    with pytest.raises(GeodistillError, match="teacher takes 6 bands.*student 4") as err:
-        make_task(teacher_ckpt, in_channels=4)
+    with pytest.raises(GeodistillError, match="teacher takes 6 bands.*student data has 4") as err:
+        make_task(teacher_ckpt, in_channels=4, band_names=list(BAND_NAMES)[:4])
     assert "Blue" in str(err.value)
 
 
@@ -434,6 +467,10 @@ def test_data_with_other_band_names_is_refused_at_setup(teacher_ckpt, tmp_path):
             "batch_size": 4,
         }
     )
+    # Teachers are built with the task, for its bands: the data's are refused there...
+    with pytest.raises(GeodistillError, match="trained on bands Blue.*the data has b0"):
+        make_task(teacher_ckpt, band_names=datamodule.band_names)
+    # ... and a task built for the teacher's bands refuses other data when fitting starts.
     task = make_task(teacher_ckpt)
     trainer = L.Trainer(
         max_epochs=1,
@@ -444,37 +481,56 @@ def test_data_with_other_band_names_is_refused_at_setup(teacher_ckpt, tmp_path):
         enable_progress_bar=False,
         enable_model_summary=False,
     )
-    with pytest.raises(GeodistillError, match="trained on bands Blue.*the data has b0"):
+    with pytest.raises(GeodistillError, match="built for bands Blue.*the data has b0"):
         trainer.fit(task, datamodule=datamodule)
 
 
-def teacher_stats(task: CoarseToFineTask, mean_factor: float = 1.0, std_factor: float = 1.0):
-    normalizer = task._teacher.model.normalizer
+def teacher_stats(task: SegmentationTask, mean_factor: float = 1.0, std_factor: float = 1.0):
+    normalizer = teacher_model(task).normalizer
     return SimpleNamespace(
+        num_bands=normalizer.num_bands,
+        low=[float(v) for v in normalizer.low],
+        high=[float(v) for v in normalizer.high],
         mean=[float(m) * mean_factor for m in normalizer.mean],
         std=[float(s) * std_factor for s in normalizer.std],
     )
+
+
+def set_up(task: SegmentationTask, stage: str, band_names: list[str], band_stats: Any) -> None:
+    """``task.setup(stage)`` under a trainer whose data module has these bands and statistics."""
+    datamodule = SimpleNamespace(
+        band_names=band_names,
+        band_stats=band_stats,
+        num_bands=len(band_names),
+        num_classes=len(CLASSES),
+        classes=CLASSES,
+        patch_size=64,
+        unlabeled_from=None,
+    )
+    task._trainer = SimpleNamespace(datamodule=datamodule)
+    try:
+        task.setup(stage)
+    finally:
+        task._trainer = None
 
 
 def test_data_checks_band_names_and_scaling(teacher_ckpt):
     task = make_task(teacher_ckpt)
     names = list(BAND_NAMES)
     # The teacher's own statistics, and a domain shift well inside the tolerance, pass.
-    task._check_teacher_data(
-        SimpleNamespace(band_names=names, band_stats=teacher_stats(task)), "fit"
-    )
-    shifted = SimpleNamespace(band_names=names, band_stats=teacher_stats(task, 1.2, 0.8))
-    task._check_teacher_data(shifted, "fit")
+    set_up(task, "fit", names, teacher_stats(task))
+    set_up(task, "fit", names, teacher_stats(task, 1.2, 0.8))
     with pytest.raises(GeodistillError, match="bands Blue, Green.*the data has SWIR2, SWIR1"):
-        task._check_teacher_data(SimpleNamespace(band_names=names[::-1], band_stats=None), "fit")
-    scaled = SimpleNamespace(band_names=names, band_stats=teacher_stats(task, mean_factor=1000))
+        set_up(task, "fit", names[::-1], None)
+    with pytest.raises(GeodistillError, match="bands Blue, Green.*the data has SWIR2, SWIR1"):
+        make_task(teacher_ckpt, band_names=names[::-1])
+    scaled = teacher_stats(task, mean_factor=1000)
     with pytest.raises(GeodistillError, match="band Blue .* not scaled"):
-        task._check_teacher_data(scaled, "fit")
-    spread = SimpleNamespace(band_names=names, band_stats=teacher_stats(task, std_factor=1e-3))
+        set_up(task, "fit", names, scaled)
     with pytest.raises(GeodistillError, match="not scaled"):
-        task._check_teacher_data(spread, "fit")
+        set_up(task, "fit", names, teacher_stats(task, std_factor=1e-3))
     # Statistics only matter for fitting.
-    task._check_teacher_data(scaled, "test")
+    set_up(task, "test", names, scaled)
 
 
 @pytest.mark.parametrize(
@@ -532,57 +588,7 @@ def test_unlabeled_images_must_have_the_labelled_band_count(data, tmp_path):
 
 
 # --------------------------------------------------------------------------------------------
-# pipeline
-
-
-def test_pipeline_runs_the_teacher_the_baseline_and_the_method(data, tmp_path):
-    config = CoarseToFineConfig(
-        data=data,
-        output=str(tmp_path / "c2f"),
-        methods=["fine_only", "attentive"],
-        teacher=Stage(1, {**TINY_MODEL, "lr": 0.01, "warmup_fraction": 0.0}),
-        student=Stage(1, {}),
-        trainer={"enable_progress_bar": False, "log_every_n_steps": 1},
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        results = run_coarse_to_fine(config)
-    assert list(results) == ["fine_only", "coarse_only", "attentive"]
-    report = json.loads((tmp_path / "c2f" / "results.json").read_text())
-    assert set(report["results"]) == {"coarse_only", "fine_only", "attentive"}
-    assert report["teacher"].endswith("best.ckpt") and Path(report["teacher"]).is_file()
-    for name, metrics in report["results"].items():
-        assert 0 <= metrics["mIoU"] <= 1, name
-    student_file = tmp_path / "c2f" / "attentive" / "student.ckpt"
-    assert student_file.is_file()
-    assert not (tmp_path / "c2f" / "fine_only" / "student.ckpt").exists()
-    student = SegmentationTask.load_from_checkpoint(student_file, map_location="cpu")
-    assert student.hparams.encoder == TINY_MODEL["encoder"]
-
-
-def test_pipeline_with_a_teacher_checkpoint_skips_stage_one(data, teacher_ckpt, tmp_path):
-    config = CoarseToFineConfig(
-        data=data,
-        output=str(tmp_path / "c2f"),
-        methods=["coarse_only"],
-        teacher_checkpoint=str(teacher_ckpt),
-        trainer={"accelerator": "cpu", "devices": 1, "enable_progress_bar": False},
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        results = run_coarse_to_fine(config)
-    assert list(results) == ["coarse_only"]
-    assert 0 <= results["coarse_only"]["mIoU"] <= 1
-    report = json.loads((tmp_path / "c2f" / "results.json").read_text())
-    assert report["teacher"] == str(teacher_ckpt)
-    assert not list((tmp_path / "c2f").rglob("*.ckpt"))  # tested, not retrained
-
-
-def test_pipeline_refuses_unknown_methods(data, tmp_path):
-    config = CoarseToFineConfig(data=data, output=str(tmp_path / "c2f"), methods=["magic"])
-    with pytest.raises(GeodistillError, match="unknown method.*magic"):
-        run_coarse_to_fine(config)
-    assert not (tmp_path / "c2f").exists()
+# the results table of several methods and seeds
 
 
 def fake_metrics(miou: float) -> dict[str, float]:
@@ -608,7 +614,7 @@ def test_results_table_reports_mean_std_and_gap_recovered():
             "attentive": fake_metrics(0.55),
         },
     ]
-    table = write_results_table(seeds, CLASSES)
+    table = results_table(seeds, CLASSES)
     lines = table.strip().splitlines()
     assert lines[0] == (
         "| method | mIoU | boundary_F1 | OA | IoU/background | IoU/mining | gap recovered |"
@@ -628,5 +634,11 @@ def test_results_table_reports_mean_std_and_gap_recovered():
     assert rows["fine_only"].endswith("| 0 % |")
     assert rows["oracle"].endswith("| 100 % |")
     # Without both reference methods there is no gap to recover.
-    single = write_results_table({"attentive": fake_metrics(0.6)}, CLASSES)
+    single = results_table({"attentive": fake_metrics(0.6)}, CLASSES)
     assert single.strip().splitlines()[-1].endswith("| – |")
+    # ``order`` sets the rows; a method missing from any seed is left out.
+    ordered = results_table(seeds, CLASSES, order=["attentive", "fine_only", "joint"])
+    assert [line.split(" | ")[0].strip("| ") for line in ordered.strip().splitlines()[2:]] == [
+        "attentive",
+        "fine_only",
+    ]

@@ -7,8 +7,10 @@ hand-made numbers.
 
 from __future__ import annotations
 
+import io
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ from fixtures_small import cli_main, config_dict, make_dataset, torch_threads, w
 from harness import assert_refused, run_cli, tree_state
 
 from geodistill.errors import GeodistillError
-from geodistill.experiments import load_experiment
+from geodistill.experiments import load_experiment, run_experiment, select_variants
 from geodistill.experiments.runs import plan_runs
 from geodistill.experiments.summary import (
     Difference,
@@ -29,12 +31,17 @@ from geodistill.experiments.summary import (
     markdown,
     summarise,
 )
+from geodistill.progress import RunProgress
 
 SEEDS = [0, 1]
 DISTILLED = {
     "model": {
-        "class_path": "geodistill.tasks.CoarseToFineTask",
-        "init_args": {"teacher": "${stages.teacher.checkpoint}"},
+        "init_args": {
+            "distillation": {
+                "class_path": "geodistill.methods.CoarseToFine",
+                "init_args": {"teacher": "${stages.teacher.checkpoint}"},
+            }
+        }
     }
 }
 
@@ -104,7 +111,10 @@ def test_each_seed_uses_its_own_stage_checkpoint(done):
         config = yaml.safe_load(
             (out / "distilled" / "base" / f"seed{seed}" / "config.yaml").read_text()
         )
-        teacher = config["model"]["init_args"]["teacher"]
+        assert config["model"]["class_path"] == "geodistill.tasks.SegmentationTask"
+        distillation = config["model"]["init_args"]["distillation"]
+        assert distillation["class_path"] == "geodistill.methods.CoarseToFine"
+        teacher = distillation["init_args"]["teacher"]
         assert teacher == str(
             out / "stages" / "teacher" / f"seed{seed}" / "checkpoints" / "best.ckpt"
         )
@@ -150,6 +160,69 @@ def test_jobs_runs_in_subprocesses(workspace, tmp_path, capsys):
         assert json.loads((folder / "run.json").read_text())["seed"] == seed
         assert (folder / "run.log").is_file()
     assert "| plain |" in (tmp_path / "out" / "results.md").read_text()
+
+
+# --------------------------------------------------------------------------------------------
+# a subset of the variants (--variants) and progress lines
+
+
+@pytest.mark.parametrize(
+    ("variants", "needles"),
+    [
+        ("plain,magic", ["--variants", "unknown variant(s) magic", "plain, distilled"]),
+        ("distilled", ["--variants must include the baseline plain"]),
+    ],
+)
+def test_variants_refuses_unknown_names_and_a_missing_baseline(
+    workspace, tmp_path, capsys, variants, needles
+):
+    shutil.copy(workspace["root"] / "base.yaml", tmp_path / "base.yaml")
+    path = write_config(tmp_path / "e.yaml", _experiment(tmp_path))
+    outcome = run_cli(capsys, "compare", "--config", path, "--variants", variants)
+    assert_refused(outcome, str(path), *needles)
+    assert not (tmp_path / "out").exists()
+
+
+def test_stages_no_selected_variant_uses_are_not_run(workspace, tmp_path, capsys):
+    shutil.copy(workspace["root"] / "base.yaml", tmp_path / "base.yaml")
+    path = write_config(tmp_path / "e.yaml", _experiment(tmp_path, seeds=[0]))
+    assert list(select_variants(load_experiment(path), ["plain", "distilled"]).stages) == [
+        "teacher"
+    ]
+    with torch_threads(1):
+        outcome = run_cli(capsys, "compare", "--config", path, "--variants", "plain")
+    assert outcome.code == 0, outcome.err
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["plain"]  # no stages/
+    results = json.loads((out / "results.json").read_text())
+    assert results["stages"] == [] and results["variants"] == ["plain"]
+    assert [(run["kind"], run["name"]) for run in results["runs"]] == [("variant", "plain")]
+    assert "--variants plain" in results["command"]
+    assert "## stages" not in (out / "results.md").read_text()
+
+
+def test_progress_announces_every_run_and_resume_reports_the_kept_ones(workspace, tmp_path):
+    shutil.copy(workspace["root"] / "base.yaml", tmp_path / "base.yaml")
+    path = write_config(tmp_path / "e.yaml", _experiment(tmp_path, seeds=[0]))
+    experiment = load_experiment(path)
+    keys = ["stages/teacher/seed0", "plain/base/seed0", "distilled/base/seed0"]
+    stream = io.StringIO()
+    with torch_threads(1):
+        run_experiment(experiment, tmp_path / "out", progress=RunProgress(stream=stream))
+    announced = re.findall(r"^run (\d+)/(\d+): (\S+)", stream.getvalue(), re.MULTILINE)
+    assert announced == [(str(i), "3", key) for i, key in enumerate(keys, start=1)]
+    records = sorted((tmp_path / "out").rglob("run.json"))
+    assert len(records) == 3
+    before = {p: p.stat().st_mtime_ns for p in records}
+    stream = io.StringIO()
+    run_experiment(experiment, tmp_path / "out", resume=True, progress=RunProgress(stream=stream))
+    lines = [line for line in stream.getvalue().splitlines() if line.startswith("run ")]
+    names = ["teacher", "plain", "distilled"]
+    assert lines == [
+        f"run {i}/3: {name} — complete in an earlier run, kept (--resume)"
+        for i, name in enumerate(names, start=1)
+    ]
+    assert {p: p.stat().st_mtime_ns for p in records} == before  # nothing ran again
 
 
 # --------------------------------------------------------------------------------------------

@@ -10,11 +10,11 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 from fixtures_small import TINY_MODEL, torch_threads
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
 from geodistill.demo import run_demo
-from geodistill.pipelines.coarse_to_fine import write_results_table
 from geodistill.progress import (
     LIGHTNING_LOGGERS,
     PlannedRun,
@@ -23,6 +23,7 @@ from geodistill.progress import (
     hide_lightning_tips,
     quiet_libraries,
 )
+from geodistill.reporting import results_table
 
 SMALL = {"chip_size": 64, "n_coarse": 4, "n_fine": 6, "n_fine_test": 2, "scene_size": 96}
 CHATTER = ("Tip:", "litlogger", "GPU available", "TPU available", "HPU available",
@@ -121,6 +122,9 @@ def test_final_list_names_outputs_that_exist_and_the_table_has_no_spread(demo_ru
     assert all(path.exists() for path in paths), [p for p in paths if not p.exists()]
     names = {path.name for path in paths}
     assert {"metrics.md", "figure.png", "summary.json", "student.ckpt"} <= names
+    assert {"experiment.yaml", "runs"} <= names  # the runs as a compare experiment
+    assert output / "experiment.yaml" in paths and output / "runs" in paths
+    assert (output / "runs" / "results.json").is_file()
     assert {"scene_fine_only.tif", "scene_attentive.tif"} <= names
     table = text.split("\n\noutputs:")[0]
     rows = [line.split()[0] for line in table.splitlines()[3:7]]
@@ -132,11 +136,17 @@ def test_final_list_names_outputs_that_exist_and_the_table_has_no_spread(demo_ru
 
 def test_results_table_shows_spread_only_over_several_runs():
     metrics = {"mIoU": 0.5, "boundary_F1": 0.25, "OA": 0.9, "IoU/a": 0.8, "IoU/b": 0.2}
-    single = write_results_table({"fine_only": metrics}, ["a", "b"])
+    single = results_table({"fine_only": metrics}, ["a", "b"])
     assert single.splitlines()[-1] == "| fine_only | 50.00 | 25.00 | 90.00 | 80.00 | 20.00 | – |"
     other = {**metrics, "mIoU": 0.7}
-    both = write_results_table([{"fine_only": metrics}, {"fine_only": other}], ["a", "b"])
+    both = results_table([{"fine_only": metrics}, {"fine_only": other}], ["a", "b"])
     assert "| 60.00 ± 10.00 |" in both
+    # order: the methods in display order (default: the first run's), those every run has
+    runs = {"fine_only": metrics, "attentive": other}
+    rows = [line.split(" | ")[0] for line in results_table(runs, ["a", "b"]).splitlines()[2:]]
+    assert rows == ["| fine_only", "| attentive"]
+    ordered = results_table(runs, ["a", "b"], ["attentive", "oracle", "fine_only"])
+    assert [line.split(" | ")[0] for line in ordered.splitlines()[2:]] == rows[::-1]
 
 
 def test_quiet_libraries_silences_lightning_info_unless_verbose(lightning_records):
@@ -215,27 +225,36 @@ def test_format_duration(seconds, text):
     assert format_duration(seconds) == text
 
 
-def test_coarse_to_fine_announces_each_run_with_its_seed(demo_run, tmp_path):
+def test_compare_announces_each_run_by_name_with_its_seed(demo_run, tmp_path, monkeypatch):
+    """The demo's recipe with the teacher of an earlier run (its ``${stages.coarse_only...}``
+    replaced by that checkpoint: the stage is dropped) announces each run with a progress line."""
     from geodistill.data.synthetic import write_demo_dataset
-    from geodistill.demo import demo_config
-    from geodistill.pipelines.coarse_to_fine import run_coarse_to_fine
+    from geodistill.demo import demo_experiment
+    from geodistill.experiments import load_experiment, run_experiment, select_variants
 
+    monkeypatch.setattr("geodistill.demo.DEMO_MODEL", {**TINY_MODEL, "lr": 0.01})
     data = write_demo_dataset(tmp_path / "data", **SMALL)
-    config = demo_config(data, tmp_path / "runs", seed=3, methods=["coarse_only", "fine_only"])
-    config.teacher_checkpoint = str(
-        demo_run["output"] / "runs" / "coarse_only" / "checkpoints" / "best.ckpt"
-    )
-    config.student.max_epochs = 1
-    config.teacher.model = {**TINY_MODEL, "lr": 0.01}
+    experiment = demo_experiment(data, tmp_path / "runs", [3], {"teacher": 1, "student": 1})
+    teacher = demo_run["output"] / "runs" / "stages" / "coarse_only" / "seed0"
+    teacher = teacher / "checkpoints" / "best.ckpt"
+    text = yaml.safe_dump(experiment, sort_keys=False)
+    path = tmp_path / "experiment.yaml"
+    path.write_text(text.replace("${stages.coarse_only.checkpoint}", str(teacher)))
+    chosen = select_variants(load_experiment(path), ["naive_finetune", "fine_only"])
+    assert chosen.stages == {}  # no variant uses the stage any more
     stream = io.StringIO()
     with torch_threads(1), quiet_libraries():
-        run_coarse_to_fine(config, progress=RunProgress(stream=stream))
+        run_experiment(chosen, progress=RunProgress(stream=stream))
     said = [line.split("\r")[-1] for line in stream.getvalue().rstrip("\n").split("\n")]
-    assert said[0] == "run 1/2: coarse_only (seed 3) — testing the given teacher " + str(
-        config.teacher_checkpoint
-    )
-    assert said[1].startswith("coarse_only: 100%") and "test mIoU" in said[1]  # test batches
-    # Testing the given teacher trained nothing: no time per epoch to estimate from yet.
-    assert said[2] == "run 2/2: fine_only (seed 3) — fine labels only, from scratch"
+    assert said[0] == "run 1/2: naive_finetune/base/seed3"
+    assert said[1].startswith("naive_finetune: 100%") and "test mIoU" in said[1]
+    # One run timed: the time left is estimated from it.
+    assert re.fullmatch(r"run 2/2: fine_only/base/seed3 \(about [0-9a-z ]+ left\)", said[2])
     assert said[3].startswith("fine_only:") and "100%" in said[3] and "test mIoU" in said[3]
     assert len(said) == 4
+    config = yaml.safe_load(
+        (tmp_path / "runs" / "naive_finetune" / "base" / "seed3" / "config.yaml").read_text()
+    )
+    distillation = config["model"]["init_args"]["distillation"]
+    assert distillation["init_args"]["teacher"] == str(teacher)
+    assert not (tmp_path / "runs" / "stages").exists()

@@ -23,7 +23,6 @@ from geodistill.losses.distillation import (
 IGNORE = 255
 
 
-
 def halves(size: int = 8) -> torch.Tensor:
     """A ``(1, size, size)`` class map: left half 0, right half 1."""
     classes = torch.zeros(1, size, size, dtype=torch.long)

@@ -18,7 +18,6 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import lightning as L
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -31,7 +30,7 @@ from fixtures_small import (
     make_dataset,
     write_config,
 )
-from harness import assert_user_error, run_quietly
+from harness import assert_user_error, quiet_trainer, run_quietly
 from timm.layers import LayerScale2d
 from torch import Tensor
 
@@ -40,6 +39,7 @@ from geodistill.export import export_student
 from geodistill.inference.predictors import load_checkpoint_predictor
 from geodistill.losses.alignment import FeatureAlignment, alignment_loss, alignment_terms
 from geodistill.losses.distillation import prediction_distillation
+from geodistill.methods import KnowledgeTransfer, build_distillation
 from geodistill.models import create_student
 from geodistill.models.checkpoint import network_from_checkpoint, read_checkpoint
 from geodistill.models.modulation import (
@@ -53,12 +53,14 @@ from geodistill.models.modulation import (
 )
 from geodistill.models.student import select_levels
 from geodistill.models.teachers import TeacherSpec, build_teacher
-from geodistill.tasks import KnowledgeTransferTask, SegmentationTask
+from geodistill.tasks import SegmentationTask
 
 BANDS = ["b0", "b1", "b2", "b3"]
 LEVELS = ["encoder.-3", "encoder.-2", "encoder.-1"]
 """The tiny encoder has 4 levels, the first being the input: these are its three stages."""
 SMALL_FMM = {"depth": 1, "heads": 8, "mlp_ratio": 2.0}
+TASK_OPTIONS = {"arch", "encoder", "arch_kwargs", "loss", "lr", "warmup_fraction", "class_names"}
+"""Keyword arguments of the helpers below that go to the task; the others go to the method."""
 
 
 def sha256(path: Path) -> str:
@@ -90,17 +92,24 @@ def teacher_spec(path: Path, layers: list[str] | None = None) -> dict[str, Any]:
 def ktda_config(data: Path, teacher_path: Path, out: Path, **model: Any) -> dict[str, Any]:
     config = config_dict(data / "train", out, max_epochs=2)
     config["trainer"]["log_every_n_steps"] = 1
+    method = {
+        "teacher": teacher_spec(teacher_path),
+        "student_levels": LEVELS,
+        "modulation": SMALL_FMM,
+    }
+    method.update({k: v for k, v in model.items() if k not in TASK_OPTIONS})
     config["model"] = {
-        "class_path": "geodistill.tasks.KnowledgeTransferTask",
+        "class_path": "geodistill.tasks.SegmentationTask",
         "init_args": {
             **TINY_MODEL,
             "loss": "ce",
             "lr": 0.01,
             "warmup_fraction": 0.0,
-            "teacher": teacher_spec(teacher_path),
-            "student_levels": LEVELS,
-            "modulation": SMALL_FMM,
-            **model,
+            **{k: v for k, v in model.items() if k in TASK_OPTIONS},
+            "distillation": {
+                "class_path": "geodistill.methods.KnowledgeTransfer",
+                "init_args": method,
+            },
         },
     }
     return config
@@ -119,26 +128,30 @@ def fitted(data, teacher_ckpt) -> SimpleNamespace:
     )
 
 
-def make_task(teacher_path: Path, **kwargs: Any) -> KnowledgeTransferTask:
-    args = {
+def make_task(teacher_path: Path, **kwargs: Any) -> SegmentationTask:
+    """A KTDA task on the fixture's bands; its teacher is built with it (unless every
+    distillation weight is 0)."""
+    task_args = {
         "in_channels": 4,
         "num_classes": 2,
         "class_names": CLASSES,
+        "band_names": list(BANDS),
         **TINY_MODEL,
+    }
+    task_args.update({k: v for k, v in kwargs.items() if k in TASK_OPTIONS})
+    method = {
+        "teacher": teacher_spec(teacher_path),
         "student_levels": LEVELS,
         "modulation": SMALL_FMM,
-        **kwargs,
     }
-    args.setdefault("teacher", teacher_spec(teacher_path))
-    task = KnowledgeTransferTask(**args)
-    task.band_names = list(BANDS)
-    return task
+    method.update({k: v for k, v in kwargs.items() if k not in TASK_OPTIONS})
+    return SegmentationTask(**task_args, distillation=KnowledgeTransfer(**method))
 
 
-def with_teacher(task: KnowledgeTransferTask) -> KnowledgeTransferTask:
-    """What ``setup('fit')`` does, without a trainer."""
-    task.attach_teacher(build_teacher(task.teacher_spec, task.band_names))
-    return task
+def ktda(task: SegmentationTask) -> KnowledgeTransfer:
+    """The task's method, typed."""
+    assert isinstance(task.distillation, KnowledgeTransfer)
+    return task.distillation
 
 
 @pytest.fixture(scope="module")
@@ -406,23 +419,26 @@ def test_a_student_carries_its_modulation_in_the_decoder_path():
 
 
 def test_the_teacher_is_frozen_and_never_part_of_the_task(teacher_ckpt):
-    task = with_teacher(make_task(teacher_ckpt))
-    teacher = task.teacher
+    task = make_task(teacher_ckpt)  # teacher and heads are built with the task
+    method = ktda(task)
+    teacher = method.teacher
     assert teacher.levels == LEVELS
-    assert task.alignment is not None and task.alignment.channels == ([64, 64, 128], [64, 64, 128])
-    assert task.aux_head is not None and task.aux_head[-1].out_channels == 2
+    assert method.alignment is not None
+    assert method.alignment.channels == ([64, 64, 128], [64, 64, 128])
+    assert method.aux_head is not None and method.aux_head[-1].out_channels == 2
     task.train()
     assert not teacher.training
     assert all(not p.requires_grad for p in teacher.parameters())
-    names = {name.split(".")[0] for name, _ in task.named_parameters()}
-    assert names == {"model", "alignment", "aux_head"}  # the loss heads are optimised
+    names = {tuple(name.split(".")[:2]) for name, _ in task.named_parameters()}
+    heads = {second for first, second in names if first == "distillation"}
+    assert {first for first, _ in names} == {"model", "distillation"}
+    assert heads == {"alignment", "aux_head"}  # the loss heads are optimised
     assert not any("teacher" in key for key in task.state_dict())
 
 
 def test_training_step_adds_the_weighted_terms(teacher_ckpt, batch, monkeypatch):
-    task = with_teacher(
-        make_task(teacher_ckpt, distill_weight=2.0, aux_weight=0.5, alpha=0.25, temperature=2.0)
-    )
+    task = make_task(teacher_ckpt, distill_weight=2.0, aux_weight=0.5, alpha=0.25, temperature=2.0)
+    method = ktda(task)
     perturb(task.model)
     task.train()
     logs: dict[str, Tensor] = {}
@@ -441,15 +457,15 @@ def test_training_step_adds_the_weighted_terms(teacher_ckpt, batch, monkeypatch)
     task.eval()
     with torch.no_grad():
         student = task.model.forward_features(batch["image"])
-        teacher = task.teacher(batch["image"])
-        aligned = task.alignment(select_levels(student, LEVELS), teacher.features)
+        teacher = method.teacher(batch["image"])
+        aligned = method.alignment(select_levels(student, LEVELS), teacher.features)
         valid = ~torch.isnan(batch["image"]).any(1)
         reference = alignment_loss(aligned, teacher.features, valid, alpha=0.25, temperature=2.0)
-        terms = task.distillation_terms(student, teacher, valid)
+        terms = method.distillation_terms(student, teacher, valid)
     assert terms["distill"].item() == pytest.approx(reference.item(), rel=1e-5)
     loss.backward()
-    assert all(p.grad is None for p in task.teacher.parameters())
-    for part in (task.alignment, task.aux_head, task.model.modulation):
+    assert all(p.grad is None for p in method.teacher.parameters())
+    for part in (method.alignment, method.aux_head, task.model.modulation):
         assert sum(p.grad.abs().sum() for p in part.parameters() if p.grad is not None) > 0
 
 
@@ -458,11 +474,11 @@ def test_a_vit_teacher_from_timm(batch, monkeypatch):
     it. (Random weights: ``path`` is left out, nothing is downloaded.)"""
     spec = {"kind": "timm", "arch": "vit_tiny_patch16_224", "layers": [3, 7, 11]}
     task = make_task(Path("unused"), teacher={**spec, "bands": ["b0", "b1", "b2"]})
-    with_teacher(task)
-    assert task.alignment is not None
-    assert task.alignment.channels == ([64, 64, 128], [192, 192, 192])
+    method = ktda(task)
+    assert method.alignment is not None
+    assert method.alignment.channels == ([64, 64, 128], [192, 192, 192])
     with torch.no_grad():
-        features = task.teacher(batch["image"]).features
+        features = method.teacher(batch["image"]).features
     assert [tuple(f.shape) for f in features] == [(2, 192, 4, 4)] * 3
     monkeypatch.setattr(task, "log", lambda *a, **k: None)
     monkeypatch.setattr(task, "log_dict", lambda *a, **k: None)
@@ -470,26 +486,27 @@ def test_a_vit_teacher_from_timm(batch, monkeypatch):
     loss = task.training_step(batch, 0)
     loss.backward()
     assert torch.isfinite(loss)
-    assert all(p.grad is not None for p in task.alignment.parameters())
+    assert all(p.grad is not None for p in method.alignment.parameters())
     # RGB teacher, 4 unnamed student bands: refused without a mapping, naming the arch's bands.
     with pytest.raises(GeodistillError, match="teacher takes 3 bands"):
-        with_teacher(make_task(Path("unused"), teacher=spec))
+        make_task(Path("unused"), teacher=spec)
 
 
 def test_cached_teacher_outputs_replace_the_teacher(teacher_ckpt, batch, monkeypatch):
-    task = with_teacher(make_task(teacher_ckpt, aux_weight=0.0))
+    task = make_task(teacher_ckpt, aux_weight=0.0)
+    method = ktda(task)
     task.eval()
     with torch.no_grad():
-        output = task.teacher(batch["image"])
+        output = method.teacher(batch["image"])
     cached = {**batch, "teacher": {"features": [f.half() for f in output.features], "logits": None}}
 
     def boom(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("the teacher ran although the batch carries its outputs")
 
-    monkeypatch.setattr(task.teacher, "forward", boom)
+    monkeypatch.setattr(method.teacher, "forward", boom)
     monkeypatch.setattr(task, "log", lambda *a, **k: None)
     monkeypatch.setattr(task, "log_dict", lambda *a, **k: None)
-    used = task.teacher_outputs(cached)
+    used = method.teacher_outputs(cached)
     assert all(f.dtype == torch.float32 for f in used.features)
     with torch.no_grad():
         from_cache = task.training_step(cached, 0)
@@ -504,7 +521,8 @@ def test_cached_teacher_outputs_replace_the_teacher(teacher_ckpt, batch, monkeyp
 def test_without_distillation_weights_no_teacher_is_needed(tmp_path, batch, monkeypatch):
     missing = tmp_path / "nowhere.ckpt"
     task = make_task(missing, distill_weight=0.0, aux_weight=0.4)
-    assert not task.distills
+    assert not ktda(task).active
+    assert not ktda(task).teachers.built  # a missing teacher file is fine: it is never built
     logs: dict[str, Tensor] = {}
     monkeypatch.setattr(task, "log", lambda name, value, **_: logs.__setitem__(name, value))
     monkeypatch.setattr(task, "log_dict", lambda values, **_: logs.update(values))
@@ -515,21 +533,21 @@ def test_without_distillation_weights_no_teacher_is_needed(tmp_path, batch, monk
 
 
 def test_prediction_distillation_reorders_the_teacher_classes(teacher_ckpt, batch):
-    task = with_teacher(
-        make_task(teacher_ckpt, class_names=CLASSES[::-1], prediction_weight=1.0, temperature=2.0)
+    task = make_task(
+        teacher_ckpt, class_names=CLASSES[::-1], prediction_weight=1.0, temperature=2.0
     )
+    method = ktda(task)
     task.eval()
     with torch.no_grad():
         student = task.model.forward_features(batch["image"])
-        teacher = task.teacher(batch["image"])
+        teacher = method.teacher(batch["image"])
         valid = ~torch.isnan(batch["image"]).any(1)
-        terms = task.distillation_terms(student, teacher, valid)
+        terms = method.distillation_terms(student, teacher, valid)
     reordered = teacher.logits[:, [1, 0]]
     expected = prediction_distillation(student.logits, reordered, valid, 2.0)
     assert terms["prediction"].item() == pytest.approx(expected.item(), rel=1e-5)
     with pytest.raises(GeodistillError, match="teacher's classes .* differ") as err:
-        other = make_task(teacher_ckpt, class_names=["background", "quarry"], prediction_weight=1)
-        with_teacher(other)
+        make_task(teacher_ckpt, class_names=["background", "quarry"], prediction_weight=1)
     assert str(teacher_ckpt) in str(err.value)
 
 
@@ -555,14 +573,18 @@ def test_ktda_fits_from_a_config_through_the_cli(fitted, teacher_ckpt):
     checkpoint = torch.load(fitted.last, map_location="cpu", weights_only=False)
     keys = list(checkpoint["state_dict"])
     assert not [k for k in keys if "teacher" in k]
-    assert {k.split(".")[0] for k in keys} == {"model", "alignment", "aux_head"}
+    assert {k.split(".")[0] for k in keys} == {"model", "distillation"}
+    heads = {k.split(".")[1] for k in keys if k.startswith("distillation.")}
+    assert heads == {"alignment", "aux_head"}
     assert any(k.startswith("model.modulation.stacks.3.0.attention") for k in keys)
     # The checkpoint records the teacher's spec, never its weights.
     spec = checkpoint["geodistill"]["teacher"]
     assert spec["kind"] == "geodistill" and spec["path"] == str(teacher_ckpt)
     hparams = checkpoint["hyper_parameters"]
-    assert hparams["modulation"]["levels"] == LEVELS
-    assert hparams["arch_kwargs"]["modulation"] == hparams["modulation"]
+    method = hparams["distillation"]
+    assert method["class_path"] == "geodistill.methods.KnowledgeTransfer"
+    assert method["init_args"]["modulation"]["levels"] == LEVELS
+    assert hparams["arch_kwargs"]["modulation"] == method["init_args"]["modulation"]
     (metrics_file,) = fitted.out.glob("logs/version_*/metrics.csv")
     with metrics_file.open() as f:
         rows = list(csv.DictReader(f))
@@ -574,23 +596,27 @@ def test_ktda_fits_from_a_config_through_the_cli(fitted, teacher_ckpt):
     assert len(scores) == 2 and all(0 <= score <= 1 for score in scores)
 
 
-def test_a_fitted_task_reloads_without_its_teacher(fitted, tmp_path):
-    task = KnowledgeTransferTask.load_from_checkpoint(fitted.last, map_location="cpu")
-    assert task.alignment is not None and task.alignment.channels[1] == [64, 64, 128]
+def test_a_fitted_task_reloads_with_its_method(fitted, teacher_ckpt):
+    task = SegmentationTask.load_from_checkpoint(fitted.last, map_location="cpu")
+    method = ktda(task)
+    assert method.alignment is not None and method.alignment.channels[1] == [64, 64, 128]
+    assert method.aux_head is not None
     assert task.band_names == BANDS
-    with pytest.raises(GeodistillError, match="built when fitting starts"):
-        _ = task.teacher
+    # the teacher is rebuilt from the recorded spec, not from the checkpoint's weights
+    assert method.teacher.levels == LEVELS and method.teacher.spec.path == str(teacher_ckpt)
 
 
 def test_exported_checkpoint_is_the_student_with_its_modulation(fitted, tmp_path):
-    task = KnowledgeTransferTask.load_from_checkpoint(fitted.last, map_location="cpu").eval()
+    task = SegmentationTask.load_from_checkpoint(fitted.last, map_location="cpu").eval()
     exported = export_student(fitted.last, tmp_path / "student.ckpt")
     saved = torch.load(exported, map_location="cpu", weights_only=False)
     assert all(k.startswith("model.") for k in saved["state_dict"])
     assert any(k.startswith("model.modulation.") for k in saved["state_dict"])
+    assert saved["hyper_parameters"].get("distillation") is None  # no method, no teacher
     assert "teacher" not in saved["hyper_parameters"] and "teacher" not in saved["geodistill"]
     student = SegmentationTask.load_from_checkpoint(exported, map_location="cpu").eval()
     assert type(student) is SegmentationTask and student.model.modulation is not None
+    assert student.distillation is None
     predictor = load_checkpoint_predictor(exported)
     x = torch.rand(2, 4, 96, 64)
     x[0, :, :8] = float("nan")
@@ -604,7 +630,7 @@ def test_exported_checkpoint_is_the_student_with_its_modulation(fitted, tmp_path
 
 
 def test_exported_onnx_matches_pytorch_on_any_tile_size(fitted, tmp_path):
-    task = KnowledgeTransferTask.load_from_checkpoint(fitted.last, map_location="cpu").eval()
+    task = SegmentationTask.load_from_checkpoint(fitted.last, map_location="cpu").eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         onnx_path = export_student(fitted.last, tmp_path / "student.onnx")  # checks 64x64 itself
@@ -622,12 +648,12 @@ def test_exported_onnx_matches_pytorch_on_any_tile_size(fitted, tmp_path):
 
 def test_training_on_a_teacher_cache(data, teacher_ckpt, tmp_path, monkeypatch):
     pytest.importorskip("geodistill.data.teacher_cache")
-    from geodistill.pipelines.coarse_to_fine import build_datamodule
+    from geodistill.data import Domain, GeoSegDataModule, Source
 
     seen: list[bool] = []
-    original = KnowledgeTransferTask.teacher_outputs
+    original = KnowledgeTransfer.teacher_outputs
 
-    def spy(self: KnowledgeTransferTask, batch: dict[str, Any]):
+    def spy(self: KnowledgeTransfer, batch: dict[str, Any]):
         seen.append("teacher" in batch)
         output = original(self, batch)
         with torch.no_grad():
@@ -636,37 +662,25 @@ def test_training_on_a_teacher_cache(data, teacher_ckpt, tmp_path, monkeypatch):
             torch.testing.assert_close(cached, computed, atol=2e-2, rtol=2e-2)  # float16 cache
         return output
 
-    monkeypatch.setattr(KnowledgeTransferTask, "teacher_outputs", spy)
+    monkeypatch.setattr(KnowledgeTransfer, "teacher_outputs", spy)
     root = data / "train"
-    datamodule = build_datamodule(
-        {
-            "classes": CLASSES,
-            "fine": {
-                "train": {"images": str(root / "images"), "labels": str(root / "labels")},
-                "val_fraction": 0.25,
-            },
-            "patch_size": 64,
-            "batch_size": 4,
-            "eval_batch_size": 4,
-            "augment": False,
-        }
+    datamodule = GeoSegDataModule(
+        classes=CLASSES,
+        fine=Domain(train=Source(str(root / "images"), str(root / "labels")), val_fraction=0.25),
+        patch_size=64,
+        batch_size=4,
+        eval_batch_size=4,
+        augment=False,
     )
     folder = tmp_path / "cache"
     task = make_task(teacher_ckpt, teacher_cache=str(folder), lr=0.01)
-    trainer = L.Trainer(
-        max_epochs=1,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = quiet_trainer()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer.fit(task, datamodule=datamodule)
     assert seen and all(seen)
     assert (folder / "meta.json").is_file()
+    assert datamodule.served("train") is not datamodule.datasets["train"]  # the raw set is kept
 
 
 # --------------------------------------------------------------------------------------------
@@ -697,10 +711,9 @@ def test_student_and_teacher_level_counts_must_agree(teacher_ckpt):
     # Known from the spec: refused when the task is built.
     with pytest.raises(GeodistillError, match="lists 3 student levels but the teacher gives 2"):
         make_task(teacher_ckpt, teacher=teacher_spec(teacher_ckpt, LEVELS[:2]))
-    # The teacher's default levels (four): refused when it is attached, naming its file.
-    task = make_task(teacher_ckpt, teacher=str(teacher_ckpt))
+    # The teacher's default levels (four): refused when it is built, naming its file.
     with pytest.raises(GeodistillError, match="3 student levels but the teacher gives 4") as err:
-        with_teacher(task)
+        make_task(teacher_ckpt, teacher=str(teacher_ckpt))
     assert str(teacher_ckpt) in str(err.value)
 
 
@@ -740,19 +753,39 @@ def test_the_demo_config_parses():
     config = Path(__file__).parents[1] / "configs" / "ktda_demo.yaml"
     code, out, err = run_quietly("fit", "--config", str(config), "--print_config")
     assert code == 0, err
-    assert "KnowledgeTransferTask" in out and "transformer" in out
+    assert "geodistill.methods.KnowledgeTransfer" in out and "transformer" in out
 
 
 def test_teacher_spec_round_trips_through_hyper_parameters(teacher_ckpt):
     spec = TeacherSpec(kind="geodistill", path=str(teacher_ckpt), layers=list(LEVELS))
     task = make_task(teacher_ckpt, teacher=spec)
-    again = make_task(teacher_ckpt, **copy.deepcopy(dict(task.hparams)))
-    assert again.teacher_spec == spec
+    again = SegmentationTask(**copy.deepcopy(dict(task.hparams)))
+    assert ktda(again).spec == spec
     assert again.hparams.arch_kwargs == task.hparams.arch_kwargs
     assert again.model.modulation is not None
-    conflicting = dict(task.hparams) | {"modulation": {"kind": "mlp", "depth": 1}}
+    conflicting = copy.deepcopy(dict(task.hparams))
+    conflicting["distillation"]["init_args"]["modulation"] = {"kind": "mlp", "depth": 1}
     with pytest.raises(GeodistillError, match="arch_kwargs.modulation differs"):
-        make_task(teacher_ckpt, **conflicting)
+        SegmentationTask(**conflicting)
+
+
+def test_checkpoint_hyper_parameters_rebuild_the_same_task(teacher_ckpt):
+    task = make_task(teacher_ckpt, prediction_weight=0.5, aux_weight=0.3)
+    perturb(task)
+    again = SegmentationTask(**copy.deepcopy(dict(task.hparams)))
+    assert again.hparams.distillation == task.hparams.distillation
+    assert again.state_dict().keys() == task.state_dict().keys()
+    again.load_state_dict(task.state_dict(), strict=True)
+    for key, value in task.state_dict().items():
+        assert torch.equal(again.state_dict()[key], value), key
+
+
+def test_a_checkpoint_config_never_imports_an_unknown_class():
+    with pytest.raises(GeodistillError, match="unknown method 'os.system'") as error:
+        build_distillation({"class_path": "os.system", "init_args": {}})
+    message = str(error.value)
+    for name in ("CoarseToFine", "KnowledgeTransfer", "SemiSupervised"):
+        assert f"geodistill.methods.{name}" in message
 
 
 def test_two_ddp_processes_share_one_teacher_cache(data, teacher_ckpt, tmp_path):
@@ -799,18 +832,17 @@ def test_a_fixed_size_onnx_teacher_is_probed_at_its_own_tile_size(tmp_path):
         )
     spec = {"kind": "onnx", "path": str(path), "class_names": ["b", "a"]}
     bands = ["red", "green", "blue"]
-    teacher = build_teacher(spec, bands)
-    task = KnowledgeTransferTask(
-        teacher=spec,
+    assert build_teacher(spec, bands).channels() == [2]
+    task = SegmentationTask(
         in_channels=3,
         num_classes=2,
         class_names=["a", "b"],
-        student_levels=["decoder"],
-        modulation=None,
-        prediction_weight=1.0,
+        band_names=bands,
         **TINY_MODEL,
+        distillation=KnowledgeTransfer(
+            teacher=spec, student_levels=["decoder"], modulation=None, prediction_weight=1.0
+        ),
     )
-    task.band_names = bands
-    task.attach_teacher(teacher)
-    assert teacher.channels() == [2]
-    assert task._class_order.tolist() == [1, 0]
+    method = ktda(task)
+    assert method.teacher.channels() == [2]
+    assert method._class_order is not None and method._class_order.tolist() == [1, 0]

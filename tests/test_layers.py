@@ -23,11 +23,10 @@ LAYERS: list[tuple[str, ...]] = [
     ("data",),
     ("models",),
     ("losses", "metrics"),
+    ("methods",),
     ("tasks",),
     ("experiment", "progress", "export", "quantize", "inference", "reporting", "webmap"),
-    ("pipelines",),
-    ("demo",),
-    ("cli", "experiments"),
+    ("cli", "experiments", "demo"),
 ]
 """Top-level modules and subpackages of ``geodistill``, lowest first. A module may import its
 own layer and the layers below it, never one above. Why this order:
@@ -38,14 +37,16 @@ own layer and the layers below it, never one above. Why this order:
 - ``models``: networks, their band normaliser (fitted from ``data`` statistics), checkpoints and
   model cards, teachers.
 - ``losses``/``metrics``: what training optimises and measures.
-- ``tasks``: Lightning tasks, which combine models, losses and metrics over ``data`` batches.
+- ``methods``: distillation methods, components of the task: their frozen teachers (built
+  through the ``models`` teacher registry), loss heads, losses and the data they ask for.
+- ``tasks``: the Lightning task, which combines a student, its loss, metrics and optionally a
+  method over ``data`` batches.
 - running and using tasks: ``experiment`` (fit + test) and its ``progress`` lines, ``export``
   and its ``quantize`` step, ``inference``, ``reporting`` figures, the ``webmap`` viewer.
-- ``pipelines``: multi-run recipes built on those (coarse-to-fine stages, which export students).
-- ``demo``: a pipeline run on synthetic data, then inference and a report.
-- ``cli``: the command line over everything, and ``experiments``, the seeded run comparisons
+- ``cli``: the command line over everything; ``experiments``, the seeded run comparisons
   behind ``geodistill compare``, which read and run ``geodistill fit`` configs the CLI's way
-  (its config reader).
+  (its config reader); and ``demo``, an experiment (coarse-to-fine on synthetic data) followed by
+  inference and a report, which the CLI's ``demo`` command runs.
 
 The package root (``geodistill/__init__.py``) sits in the lowest layer: ``import geodistill``
 must stay cheap.

@@ -321,12 +321,17 @@ def test_fit_with_uncached_teacher_weights_stops_with_one_line(caches, torchgeo,
     config = config_dict(caches / "train", caches / "out", max_epochs=1)
     teacher = {"kind": "torchgeo", "weights": RGB_MOCO, "layers": [1, 2, 3], "bands": [0, 1, 2]}
     config["model"] = {
-        "class_path": "geodistill.tasks.KnowledgeTransferTask",
+        "class_path": "geodistill.tasks.SegmentationTask",
         "init_args": {
             **TINY_MODEL,
-            "teacher": teacher,
-            "student_levels": ["encoder.-3", "encoder.-2", "encoder.-1"],
-            "modulation": None,
+            "distillation": {
+                "class_path": "geodistill.methods.KnowledgeTransfer",
+                "init_args": {
+                    "teacher": teacher,
+                    "student_levels": ["encoder.-3", "encoder.-2", "encoder.-1"],
+                    "modulation": None,
+                },
+            },
         },
     }
     path = write_config(caches / "ktda.yaml", config)

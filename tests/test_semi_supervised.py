@@ -16,7 +16,6 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import lightning as L
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -30,7 +29,7 @@ from fixtures_small import (
     write_config,
     write_tif,
 )
-from harness import assert_user_error, run_quietly
+from harness import assert_user_error, quiet_trainer, run_quietly
 from torch import Tensor
 
 from geodistill.data import Domain, GeoSegDataModule, Source
@@ -45,20 +44,22 @@ from geodistill.data.perturbations import (
     spectral_shift,
     strong_view,
 )
+from geodistill.data.teacher_cache import CachedTeachersDataset
 from geodistill.errors import GeodistillError
 from geodistill.export import export_student
-from geodistill.models import create_student
-from geodistill.models.checkpoint import network_from_checkpoint, read_checkpoint
-from geodistill.models.fusion import FeatureFusion, FusionConfig, Translator
-from geodistill.models.teachers import build_teacher
-from geodistill.tasks import SegmentationTask, SemiSupervisedTask
-from geodistill.tasks.semi_supervised import (
-    CachedTeachersDataset,
+from geodistill.methods import SemiSupervised
+from geodistill.methods.padding import split_forward
+from geodistill.methods.semi_supervised import (
+    PseudoLabels,
     ema_decay_at,
     feature_distance,
     pseudo_labels,
     unsupervised_loss,
 )
+from geodistill.models import create_student
+from geodistill.models.checkpoint import network_from_checkpoint, read_checkpoint
+from geodistill.models.fusion import FeatureFusion, FusionConfig, Translator
+from geodistill.tasks import SegmentationTask
 
 BANDS = ["b0", "b1", "b2", "b3"]
 TIMM_TEACHER = {"kind": "timm", "arch": "resnet10t", "layers": [3], "bands": ["b0", "b1", "b2"]}
@@ -115,14 +116,16 @@ def semi_config(data: Path, out: Path, **model: Any) -> dict[str, Any]:
     )
     config["trainer"]["log_every_n_steps"] = 1
     config["model"] = {
-        "class_path": "geodistill.tasks.SemiSupervisedTask",
+        "class_path": "geodistill.tasks.SegmentationTask",
         "init_args": {
             **TINY_MODEL,
             "loss": "ce",
             "lr": 0.01,
             "warmup_fraction": 0.0,
-            "threshold": 0.6,
-            **model,
+            "distillation": {
+                "class_path": "geodistill.methods.SemiSupervised",
+                "init_args": {"threshold": 0.6, **model},
+            },
         },
     }
     return config
@@ -160,17 +163,21 @@ def logged(rows: list[dict[str, str]]) -> set[str]:
     return {k for row in rows for k, v in row.items() if v}
 
 
-def make_task(**kwargs: Any) -> SemiSupervisedTask:
-    args = {"in_channels": 4, "num_classes": 2, "class_names": CLASSES, **TINY_MODEL, **kwargs}
-    task = SemiSupervisedTask(**args)
-    task.band_names = list(BANDS)
-    return task
+def make_task(**kwargs: Any) -> SegmentationTask:
+    """A task with a :class:`SemiSupervised` method of ``kwargs`` (teachers built for BANDS)."""
+    return SegmentationTask(
+        in_channels=4,
+        num_classes=2,
+        class_names=CLASSES,
+        band_names=list(BANDS),
+        **TINY_MODEL,
+        distillation=SemiSupervised(**kwargs),
+    )
 
 
-def with_teachers(task: SemiSupervisedTask) -> SemiSupervisedTask:
-    """What ``setup('fit')`` does, without a trainer."""
-    task.attach_teachers([build_teacher(spec, task.band_names) for spec in task.teacher_specs])
-    return task
+def method(task: SegmentationTask) -> SemiSupervised:
+    assert isinstance(task.distillation, SemiSupervised)
+    return task.distillation
 
 
 def images_with_nodata(batch: int = 4, size: int = 32, seed: int = 0) -> Tensor:
@@ -196,6 +203,7 @@ def test_pseudo_labels_keep_confident_valid_pixels_only():
     )[None]
     valid = torch.tensor([[[True, True, True], [True, True, False]]])
     result = pseudo_labels(probs.log(), 0.95, valid, ignore_index=255)
+    assert isinstance(result, PseudoLabels)
     assert result.labels.tolist() == [[[0, 255, 255], [1, 0, 255]]]
     torch.testing.assert_close(result.confidence, probs.max(1).values)
     # The threshold is inclusive, and 1.0 keeps only certain pixels.
@@ -235,9 +243,10 @@ def test_ema_decay_schedule():
 
 def test_ema_update_averages_parameters_and_copies_buffers():
     task = make_task(ema_decay=0.9)
-    ema, model = task.ema.module, task.model
-    assert all(not p.requires_grad for p in task.ema.parameters())
-    assert not task.ema.training
+    semi = method(task)
+    ema, model = semi.ema.module, task.model
+    assert all(not p.requires_grad for p in semi.ema.parameters())
+    assert not semi.ema.training
     generator = torch.Generator().manual_seed(0)
 
     def shake() -> None:
@@ -249,24 +258,24 @@ def test_ema_update_averages_parameters_and_copies_buffers():
                     b.add_(torch.rand(b.shape, generator=generator))
 
     shake()
-    task.update_ema()  # t = 0: decay 0, a copy
+    semi.update_ema()  # t = 0: decay 0, a copy
     for a, b in zip(ema.parameters(), model.parameters(), strict=True):
         assert torch.equal(a, b)
     for step in (1, 2, 30):
-        while int(task.ema.n_averaged) < step:
-            task.update_ema()
+        while int(semi.ema.n_averaged) < step:
+            semi.update_ema()
         before = [p.clone() for p in ema.parameters()]
         shake()
-        task.update_ema()
+        semi.update_ema()
         decay = ema_decay_at(step, 0.9)
         assert decay == min(1 - 1 / (step + 1), 0.9)
         for old, new, current in zip(before, ema.parameters(), model.parameters(), strict=True):
             torch.testing.assert_close(new, decay * old + (1 - decay) * current)
         for averaged, current in zip(ema.buffers(), model.buffers(), strict=True):
             assert torch.equal(averaged, current)  # buffers (BN statistics, bands) copied
-    assert int(task.ema.n_averaged) == 31
+    assert int(semi.ema.n_averaged) == 31
     task.train()
-    assert task.model.training and not task.ema.training  # predicts in eval mode
+    assert task.model.training and not semi.ema.training  # predicts in eval mode
 
 
 # --------------------------------------------------------------------------------------------
@@ -449,7 +458,7 @@ def batches(seed: int = 0) -> dict[str, dict[str, Tensor]]:
     }
 
 
-def capture_logs(task: SemiSupervisedTask, monkeypatch) -> dict[str, Tensor]:
+def capture_logs(task: SegmentationTask, monkeypatch) -> dict[str, Tensor]:
     logs: dict[str, Tensor] = {}
     monkeypatch.setattr(task, "log", lambda name, value, **_: logs.__setitem__(name, value))
     monkeypatch.setattr(task, "log_dict", lambda values, **_: logs.update(values))
@@ -458,11 +467,11 @@ def capture_logs(task: SemiSupervisedTask, monkeypatch) -> dict[str, Tensor]:
 
 def test_training_step_adds_the_weighted_terms(teacher_ckpt, monkeypatch):
     teachers = [geodistill_teacher(teacher_ckpt), TIMM_TEACHER]
-    task = with_teachers(
-        make_task(teachers=teachers, threshold=0.5, unsup_weight=0.5, distill_weight=2.0)
-    )
-    assert task.translators is not None and task.model.fusion is None
-    assert [t.channels for t in task.translators] == [(128, 128), (128, 256)]
+    task = make_task(teachers=teachers, threshold=0.5, unsup_weight=0.5, distill_weight=2.0)
+    semi = method(task)
+    assert semi.translators is not None and task.model.fusion is None
+    assert semi.translator_list() is semi.translators
+    assert [t.channels for t in semi.translators] == [(128, 128), (128, 256)]
     task.train()
     logs = capture_logs(task, monkeypatch)
     loss = task.training_step(batches(), 0)
@@ -483,24 +492,28 @@ def test_training_step_adds_the_weighted_terms(teacher_ckpt, monkeypatch):
     assert logs["train/pseudo_label_ratio"].item() == pytest.approx(1.0)
     assert valid < 1
     loss.backward()
-    assert all(p.grad is None for t in task.teachers for p in t.parameters())
-    assert all(p.grad is None for p in task.ema.parameters())
-    assert all(p.grad is not None for p in task.translators.parameters())
+    assert all(p.grad is None for t in semi.teachers for p in t.parameters())
+    assert all(p.grad is None for p in semi.ema.parameters())
+    assert all(p.grad is not None for p in semi.translators.parameters())
     assert not any("teacher" in key for key in task.state_dict())
+    assert any(key.startswith("distillation.translators.") for key in task.state_dict())
 
 
 def test_the_distillation_term_is_the_translated_features_against_the_teachers():
-    task = with_teachers(make_task(teachers=[TIMM_TEACHER], distill_loss="mse")).eval()
+    task = make_task(teachers=[TIMM_TEACHER], distill_loss="mse").eval()
+    semi = method(task)
     batch = batches()
     images = torch.cat([batch["labeled"]["image"], batch["unlabeled"]["image"]])
     with torch.no_grad():
-        outputs = task._forward([batch["labeled"]["image"], batch["unlabeled"]["image"]])
+        outputs = split_forward(
+            task.model, [batch["labeled"]["image"], batch["unlabeled"]["image"]]
+        )
         logs: dict[str, Tensor] = {}
-        value = task._distillation(
+        value = semi._distillation(
             outputs[0], outputs[1], batch["labeled"], batch["unlabeled"], logs
         )
-        student = task.translators[0](task.model.forward_features(images).features[-1])
-        teacher = task.teachers[0](images).features[-1]
+        student = semi.translators[0](task.model.forward_features(images).features[-1])
+        teacher = semi.teachers[0](images).features[-1]
     assert teacher.shape[-2:] == (4, 4) and student.shape[-2:] == (8, 8)
     expected = feature_distance(student, teacher, ~torch.isnan(images).any(1), "mse")
     assert value.item() == pytest.approx(expected.item(), rel=1e-4)
@@ -508,12 +521,13 @@ def test_the_distillation_term_is_the_translated_features_against_the_teachers()
 
 def test_pseudo_labels_come_from_the_ema_not_the_student(monkeypatch):
     task = make_task(threshold=0.5)
+    semi = method(task)
     weak = batches()["unlabeled"]["image"]
     with torch.no_grad():
         for p in task.model.parameters():
             p.add_(torch.randn_like(p))  # the student drifts away from its EMA copy
-        ema_logits = task.ema(weak)
-    result = task.make_pseudo_labels(weak)
+        ema_logits = semi.ema(weak)
+    result = semi.make_pseudo_labels(weak)
     valid = ~torch.isnan(weak).any(1)
     expected = torch.where(valid, ema_logits.argmax(1), 255)
     assert torch.equal(result.labels, expected)
@@ -523,7 +537,9 @@ def test_pseudo_labels_come_from_the_ema_not_the_student(monkeypatch):
 def test_without_teachers_only_fixmatch_runs(monkeypatch, tmp_path):
     task = make_task(teachers=[{"kind": "geodistill", "path": str(tmp_path / "x.ckpt")}],
                      distill_weight=0.0)  # fmt: skip
-    assert not task.distills and task.teachers == []
+    semi = method(task)
+    assert not semi.active and not semi.teachers.built  # the missing file is never read
+    assert semi.translators is None
     logs = capture_logs(task, monkeypatch)
     task.train()
     loss = task.training_step(batches(), 0)
@@ -546,8 +562,15 @@ def test_fits_from_a_config_without_teachers(plain, data):
     assert len(scores) == 2 and all(0 <= s <= 1 for s in scores)
     checkpoint = torch.load(plain.last, map_location="cpu", weights_only=False)
     prefixes = {k.split(".")[0] for k in checkpoint["state_dict"]}
-    assert prefixes == {"model", "ema"}
-    assert int(checkpoint["state_dict"]["ema.n_averaged"]) == 4  # one update per step: 2 x 2
+    assert prefixes == {"model", "distillation"}
+    assert {k.split(".")[1] for k in checkpoint["state_dict"] if k.startswith("distillation.")} == {
+        "ema"
+    }
+    # one update per step: 2 x 2
+    assert int(checkpoint["state_dict"]["distillation.ema.n_averaged"]) == 4
+    recorded = checkpoint["hyper_parameters"]["distillation"]
+    assert recorded["class_path"] == "geodistill.methods.SemiSupervised"
+    assert recorded["init_args"]["threshold"] == 0.6 and recorded["init_args"]["teachers"] == []
     # The labelled half and the rest (its unlabelled stream) are in the manifest.
     manifest = json.loads((plain.out / "manifest.json").read_text())
     ratio = manifest["train_ratio"]["fine"]
@@ -566,10 +589,11 @@ def test_fits_from_a_config_with_two_teachers_and_fusion(fused, teacher_ckpt):
     assert {"train/fusion_weight_0", "train/fusion_weight_1", "train/fusion_weight_2"} <= names
     checkpoint = torch.load(fused.last, map_location="cpu", weights_only=False)
     keys = list(checkpoint["state_dict"])
-    assert {k.split(".")[0] for k in keys} == {"model", "ema"}
+    assert {k.split(".")[0] for k in keys} == {"model", "distillation"}
     assert not [k for k in keys if "teacher" in k]
     assert any(k.startswith("model.fusion.translators.1.") for k in keys)
-    assert any(k.startswith("ema.module.fusion.") for k in keys)
+    assert any(k.startswith("distillation.ema.module.fusion.") for k in keys)
+    assert not [k for k in keys if k.startswith("distillation.translators.")]  # in the fusion
     fusion = checkpoint["hyper_parameters"]["arch_kwargs"]["fusion"]
     assert fusion == {"widths": [128, 256], "hidden": None, "student_weight": 0.8}
     specs = checkpoint["geodistill"]["teacher"]
@@ -579,14 +603,23 @@ def test_fits_from_a_config_with_two_teachers_and_fusion(fused, teacher_ckpt):
     assert not torch.allclose(weights, torch.tensor([0.8, 0.1, 0.1]))  # learned
 
 
-def test_a_fitted_task_reloads_without_its_teachers(fused, plain):
-    task = SemiSupervisedTask.load_from_checkpoint(fused.last, map_location="cpu")
-    assert task.model.fusion is not None and task.ema is not None
+def test_a_fitted_task_reloads_with_its_method(fused, plain):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        task = SegmentationTask.load_from_checkpoint(fused.last, map_location="cpu")
+    # Reloaded with the teachers it was distilled from: no "other teachers" warning.
+    assert not [w for w in caught if "distilled from" in str(w.message)]
+    semi = method(task)
+    assert task.model.fusion is not None and semi.ema is not None
+    assert semi.translators is None and semi.translator_list() is task.model.fusion.translators
     assert task.band_names == BANDS
-    with pytest.raises(GeodistillError, match="built when fitting starts"):
-        _ = task.teachers
-    again = SemiSupervisedTask.load_from_checkpoint(plain.last, map_location="cpu")
-    assert again.model.fusion is None and again.translators is None
+    # The teachers are rebuilt from their recorded specs, for the recorded bands.
+    assert [t.channels()[-1] for t in semi.teachers] == [128, 256]
+    state = torch.load(fused.last, map_location="cpu", weights_only=False)["state_dict"]
+    for key, value in task.state_dict().items():
+        assert torch.equal(value, state[key]), key
+    again = SegmentationTask.load_from_checkpoint(plain.last, map_location="cpu")
+    assert again.model.fusion is None and method(again).translators is None
 
 
 def test_a_fused_run_resumes_and_validates_from_its_checkpoint(data, fused):
@@ -602,7 +635,7 @@ def test_a_fused_run_resumes_and_validates_from_its_checkpoint(data, fused):
         **fused.model,
     )
     state = torch.load(resumed.last, map_location="cpu", weights_only=False)["state_dict"]
-    assert int(state["ema.n_averaged"]) == 6  # the EMA went on from step 4
+    assert int(state["distillation.ema.n_averaged"]) == 6  # the EMA went on from step 4
     args = ("--config", str(fused.config), "--ckpt_path", str(fused.last))
     code, out, err = run_quietly("validate", *args)
     assert code == 0, err
@@ -610,26 +643,28 @@ def test_a_fused_run_resumes_and_validates_from_its_checkpoint(data, fused):
 
 
 def test_translator_loss_heads_reload_from_a_checkpoint_alone():
-    task = with_teachers(make_task(teachers=[TIMM_TEACHER], translator_hidden=32))
-    state = {f"translators.{k}": v for k, v in task.translators.state_dict().items()}
+    task = make_task(teachers=[TIMM_TEACHER], translator_hidden=32)
     fresh = make_task(teachers=[TIMM_TEACHER], translator_hidden=32)
-    assert fresh.translators is None  # built from the teachers' widths when fitting starts
-    fresh.on_load_checkpoint({"state_dict": state, "hyper_parameters": dict(fresh.hparams)})
-    assert [t.channels for t in fresh.translators] == [(128, 256)]
-    assert fresh.translators[0][0].out_channels == 32
-    fresh.translators.load_state_dict(task.translators.state_dict())  # strict: same shapes
+    translators = method(fresh).translators
+    assert translators is not None  # built from the teachers' widths with the task
+    assert [t.channels for t in translators] == [(128, 256)]
+    assert translators[0][0].out_channels == 32
+    fresh.load_state_dict(task.state_dict())  # strict: same keys, same shapes
+    for key, value in method(task).translators.state_dict().items():
+        assert torch.equal(translators.state_dict()[key], value), key
 
 
 def test_the_exported_student_keeps_its_fusion_and_no_teacher(fused, tmp_path):
-    task = SemiSupervisedTask.load_from_checkpoint(fused.last, map_location="cpu").eval()
+    task = SegmentationTask.load_from_checkpoint(fused.last, map_location="cpu").eval()
     exported = export_student(fused.last, tmp_path / "student.ckpt")
     saved = torch.load(exported, map_location="cpu", weights_only=False)
     keys = list(saved["state_dict"])
     assert all(k.startswith("model.") for k in keys)
     assert any(k.startswith("model.fusion.") for k in keys)
-    assert "teachers" not in saved["hyper_parameters"] and "teacher" not in saved["geodistill"]
+    assert saved["hyper_parameters"].get("distillation") is None
+    assert "teacher" not in saved["geodistill"]
     student = SegmentationTask.load_from_checkpoint(exported, map_location="cpu").eval()
-    assert type(student) is SegmentationTask and student.model.fusion is not None
+    assert student.distillation is None and student.model.fusion is not None
     x = torch.rand(2, 4, 96, 64)
     x[0, :, :8] = float("nan")
     with torch.no_grad():
@@ -652,7 +687,7 @@ def test_the_exported_student_keeps_its_fusion_and_no_teacher(fused, tmp_path):
 
 def test_teacher_caches_serve_both_streams(data, teacher_ckpt, tmp_path, monkeypatch):
     seen: list[bool] = []
-    original = SemiSupervisedTask.teacher_features
+    original = SemiSupervised.teacher_features
 
     def spy(self, labeled, unlabeled):
         cached = original(self, labeled, unlabeled)
@@ -664,7 +699,7 @@ def test_teacher_caches_serve_both_streams(data, teacher_ckpt, tmp_path, monkeyp
                 torch.testing.assert_close(features, live, atol=3e-2, rtol=3e-2)  # float16
         return cached
 
-    monkeypatch.setattr(SemiSupervisedTask, "teacher_features", spy)
+    monkeypatch.setattr(SemiSupervised, "teacher_features", spy)
     datamodule = GeoSegDataModule(
         classes=CLASSES,
         fine=Domain(
@@ -682,20 +717,15 @@ def test_teacher_caches_serve_both_streams(data, teacher_ckpt, tmp_path, monkeyp
     folder = tmp_path / "cache"
     task = make_task(teachers=[geodistill_teacher(teacher_ckpt), TIMM_TEACHER],
                      teacher_cache=str(folder), threshold=0.6)  # fmt: skip
-    trainer = L.Trainer(
-        max_epochs=1,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = quiet_trainer()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer.fit(task, datamodule=datamodule)
     assert seen and all(seen)
-    assert isinstance(datamodule.datasets["unlabeled"], CachedTeachersDataset)
+    for stream in ("train", "unlabeled"):
+        assert isinstance(datamodule.served(stream), CachedTeachersDataset)
+        assert datamodule.served(stream).dataset is datamodule.datasets[stream]  # kept raw
+        assert not isinstance(datamodule.datasets[stream], CachedTeachersDataset)
     for k in (0, 1):
         for stream in ("labeled", "unlabeled"):
             assert (folder / f"teacher_{k}" / stream / "meta.json").is_file()
@@ -818,7 +848,7 @@ def test_band_mismatch_through_the_cli_is_one_clear_line(data, tmp_path, capsys)
         ({"threshold": -0.5}, r"threshold must be in \(0, 1\]"),
         ({"ema_decay": 1.0}, r"ema_decay must be in \[0, 1\), got 1.0"),
         ({"unsup_weight": -1.0}, "unsup_weight must be >= 0"),
-        ({"distill_loss": "kl"}, "distill_loss must be one of mse, cosine"),
+        ({"distill_loss": "kl"}, "distill_loss must be one of 'mse', 'cosine', got 'kl'"),
         ({"translator_hidden": 0}, "translator_hidden must be a positive integer"),
         ({"fusion": True}, "fusion .* needs at least one teacher"),
         ({"strong_view": {"cutmix_p": 2}}, r"strong_view.cutmix_p must be in \[0, 1\]"),
@@ -853,4 +883,4 @@ def test_the_demo_config_parses():
     config = Path(__file__).parents[1] / "configs" / "semi_supervised_demo.yaml"
     code, out, err = run_quietly("fit", "--config", str(config), "--print_config")
     assert code == 0, err
-    assert "SemiSupervisedTask" in out and "train_ratio: 0.1" in out
+    assert "geodistill.methods.SemiSupervised" in out and "train_ratio: 0.1" in out

@@ -565,11 +565,13 @@ def test_attach_to_a_data_module_with_one_or_two_domains(tmp_path):
             photometric=False,  # flips and rotations only: the pointwise teacher commutes
         )
         dm.setup("fit")
+        raw = dm.datasets["train"]
         cache = attach_teacher_cache(dm, teacher, tmp_path / f"cache-{train_on}", dtype="float32")
-        train = dm.datasets["train"]
+        train = dm.served("train")
         assert isinstance(train, CachedTeacherDataset) and len(train) == chips * per_chip == len(
             cache
         )
+        assert dm.datasets["train"] is raw and train.dataset is raw  # the raw set stays
         batch = next(iter(dm.train_dataloader()))
         assert batch["image"].shape == (3, 4, 32, 32)
         assert [f.shape for f in batch["teacher"]["features"]] == [(3, 5, 32, 32), (3, 4, 16, 16)]
@@ -580,9 +582,10 @@ def test_attach_to_a_data_module_with_one_or_two_domains(tmp_path):
             )
         before = mtimes(tmp_path / f"cache-{train_on}")
         attach_teacher_cache(dm, teacher, tmp_path / f"cache-{train_on}", dtype="float32")
-        assert dm.datasets["train"].dataset is train.dataset  # re-attaching wraps the chips again
+        again = dm.served("train")
+        assert again is not train and again.dataset is train.dataset  # wraps the chips again
         assert mtimes(tmp_path / f"cache-{train_on}") == before
-    assert isinstance(dm.datasets["train"].dataset, ConcatDataset)
+    assert isinstance(dm.served("train").dataset, ConcatDataset)
 
 
 def test_attach_needs_setup_and_warns_on_unaligned_patch_size(tmp_path):

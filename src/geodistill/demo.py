@@ -23,77 +23,139 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import lightning as L
 import numpy as np
 import rasterio
+import yaml
 
-from geodistill.atomic import check_output
+from geodistill.atomic import atomic_output, check_output
 from geodistill.data.raster import read_image
 from geodistill.data.synthetic import DemoDataset, write_demo_dataset
+from geodistill.experiments import load_experiment, run_experiment
+from geodistill.export import export_student
 from geodistill.inference import InferenceOptions, SceneOutputs, load_predictor, predict_scene
 from geodistill.metrics import format_metric, metrics_to_json
-from geodistill.pipelines.coarse_to_fine import (
-    CoarseToFineConfig,
-    Stage,
-    run_coarse_to_fine,
-    write_results_table,
-)
-from geodistill.progress import RunProgress, format_duration, quiet_libraries
-from geodistill.reporting import save_panels
+from geodistill.progress import PlannedRun, RunProgress, format_duration, quiet_libraries
+from geodistill.reporting import results_table, save_panels
 from geodistill.webmap import write_web_map
 
 DEMO_EPOCHS = {"teacher": 4, "student": 10}
 DEMO_MODEL = {"arch": "unet", "encoder": "resnet18", "loss": {"ce": 1.0, "dice": 1.0}, "lr": 2e-3}
-DEMO_METHODS = ["attentive", "naive_finetune", "fine_only"]
-"""Run in this order after the teacher: the method (stage 2), then its baselines: the teacher
-fine-tuned on the exact chips without distillation (stage 3) and the exact chips alone (stage 4)."""
-STAGE_ORDER = ["coarse_only", *DEMO_METHODS]
+STAGE_ORDER = ["coarse_only", "attentive", "naive_finetune", "fine_only"]
+"""The teacher, then the method (stage 2) and its baselines: the teacher fine-tuned on the exact
+chips without distillation (stage 3) and the exact chips alone (stage 4)."""
 N_FINE = 5
 """Exact region-B chips: 3 train the students, 2 select their checkpoints (val_fraction 1/3) —
 few enough that the fine labels alone do not saturate the test score."""
 VAL_FRACTION = 1 / 3
 
 
-def demo_config(
+def demo_fit_config(data: DemoDataset, epochs: dict[str, int] | None = None) -> dict[str, Any]:
+    """The ``geodistill fit`` config every demo run starts from: the few exact region-B chips
+    (the coarse region A is declared too, for the teacher and the distilled student)."""
+    epochs = {**DEMO_EPOCHS, **(epochs or {})}
+    return {
+        "seed_everything": 0,
+        "trainer": {
+            "max_epochs": epochs["student"],
+            "accelerator": "cpu",
+            "devices": 1,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+        },
+        "model": {"class_path": "geodistill.tasks.SegmentationTask", "init_args": DEMO_MODEL},
+        "data": {
+            "class_path": "geodistill.data.GeoSegDataModule",
+            "init_args": {
+                "classes": list(data.class_names),
+                "coarse": {
+                    "train": {"images": str(data.coarse_images), "labels": str(data.coarse_labels)}
+                },
+                "fine": {
+                    "train": {"images": str(data.fine_images), "labels": str(data.fine_labels)},
+                    "test": {"images": str(data.test_images), "labels": str(data.test_labels)},
+                    "val_fraction": VAL_FRACTION,
+                },
+                "patch_size": 96,
+                "crops_per_image": 8,
+                "batch_size": 8,
+                "unlabeled_batch_size": 4,
+                "eval_batch_size": 8,
+                "cache": True,
+            },
+        },
+    }
+
+
+def _coarse_to_fine(**settings: Any) -> dict[str, Any]:
+    """A variant distilling the seed's stage-1 teacher (``CoarseToFine`` with ``settings``)."""
+    init_args = {"teacher": "${stages.coarse_only.checkpoint}", **settings}
+    distills = (
+        init_args.get("feature_weight", 1.0) > 0 or init_args.get("prediction_weight", 1.0) > 0
+    )
+    variant: dict[str, Any] = {
+        "model": {
+            "init_args": {
+                "distillation": {
+                    "class_path": "geodistill.methods.CoarseToFine",
+                    "init_args": init_args,
+                }
+            }
+        }
+    }
+    if distills:  # unlabelled region-A crops feed distillation (none for naive fine-tuning)
+        variant["data"] = {"init_args": {"unlabeled_from": "coarse"}}
+    return variant
+
+
+DEMO_VARIANTS: dict[str, dict[str, Any]] = {
+    "attentive": _coarse_to_fine(),
+    "naive_finetune": _coarse_to_fine(feature_weight=0.0, prediction_weight=0.0),
+    "fine_only": {},
+}
+"""The demo's variants, in run order after the teacher (``configs/coarse_to_fine_demo.yaml``
+holds every baseline and ablation of the method)."""
+
+
+def demo_experiment(
     data: DemoDataset,
     output: Path,
-    seed: int = 0,
-    methods: list[str] | None = None,
+    seeds: list[int],
     epochs: dict[str, int] | None = None,
-) -> CoarseToFineConfig:
-    """The demo's coarse-to-fine setup (also used by ``benchmarks/demo_coarse_to_fine.py``)."""
+) -> dict[str, Any]:
+    """The demo as a ``geodistill compare`` experiment: the stage-1 teacher on region A's coarse
+    outlines, then :data:`DEMO_VARIANTS` on region B, paired against ``fine_only``."""
     epochs = {**DEMO_EPOCHS, **(epochs or {})}
-    return CoarseToFineConfig(
-        data={
-            "classes": list(data.class_names),
-            "coarse": {
-                "train": {"images": str(data.coarse_images), "labels": str(data.coarse_labels)}
-            },
-            "fine": {
-                "train": {"images": str(data.fine_images), "labels": str(data.fine_labels)},
-                "test": {"images": str(data.test_images), "labels": str(data.test_labels)},
-                "val_fraction": VAL_FRACTION,
-            },
-            "patch_size": 96,
-            "crops_per_image": 8,
-            "batch_size": 8,
-            "unlabeled_batch_size": 4,
-            "eval_batch_size": 8,
-            "cache": True,
+    return {
+        "base": demo_fit_config(data, epochs),
+        "output": str(output),
+        "seeds": list(seeds),
+        "metric": "test/mIoU",
+        "baseline": "fine_only",
+        "stages": {
+            "coarse_only": {
+                "overrides": {
+                    "trainer": {"max_epochs": epochs["teacher"]},
+                    "data": {"init_args": {"train_on": "coarse"}},
+                }
+            }
         },
-        output=str(output),
-        methods=list(methods or DEMO_METHODS),
-        seed=seed,
-        teacher=Stage(epochs["teacher"], dict(DEMO_MODEL)),
-        student=Stage(epochs["student"], {}),
-        exact_coarse_labels=str(data.coarse_fine_labels),
-        trainer={"accelerator": "cpu", "devices": 1, "enable_progress_bar": False},
-    )
+        "variants": DEMO_VARIANTS,
+    }
 
 
-DEMO_OUTPUTS = ("data", "runs", "metrics.md", "figure.png", "summary.json", "map.html")
+DEMO_OUTPUTS = (
+    "data",
+    "runs",
+    "experiment.yaml",
+    "student.ckpt",
+    "metrics.md",
+    "figure.png",
+    "summary.json",
+    "map.html",
+)
 """What a demo writes into its folder (besides ``metrics_<method>.json`` and ``scene_*.tif``)."""
 
 
@@ -173,6 +235,7 @@ def results_text(
     sparse-label boundary F1 gets a column only where it differs from the boundary F1 (labels
     with unlabelled gaps between classes).
     """
+
     def differs(metrics: dict[str, float]) -> bool:
         sparse = float(metrics.get("boundary_F1_sparse", math.nan))
         dense = float(metrics.get("boundary_F1", math.nan))
@@ -248,14 +311,30 @@ def run_demo(
         f"{counts.test} held-out region-B test chips, one {counts.scene[0]}×{counts.scene[1]} "
         f"px scene → {data.root}"
     )
-    config = demo_config(data, output / "runs", seed, epochs=epochs)
-    progress = RunProgress(
-        label="Stage",
-        descriptions=stage_texts(counts, epochs),
-        stream=stream,
+    experiment_file = output / "experiment.yaml"
+    with atomic_output(experiment_file) as temporary:
+        text = yaml.safe_dump(
+            demo_experiment(data, output / "runs", [seed], epochs), sort_keys=False
+        )
+        temporary.write_text(text)
+    progress = RunProgress(label="Stage", descriptions=stage_texts(counts, epochs), stream=stream)
+    progress.plan(
+        [
+            PlannedRun("coarse_only", "coarse", epochs["teacher"]),
+            *(PlannedRun(name, "fine", epochs["student"]) for name in DEMO_VARIANTS),
+        ]
     )
     with quiet_libraries(verbose):
-        results = run_coarse_to_fine(config, overwrite=overwrite, progress=progress)
+        report = run_experiment(
+            load_experiment(experiment_file), overwrite=overwrite, progress=progress
+        )
+        records = json.loads(report.with_suffix(".json").read_text())["runs"]
+        results = {
+            record["name"]: {k.removeprefix("test/"): v for k, v in record["metrics"].items()}
+            for record in records
+        }
+        checkpoints = {record["name"]: Path(record["checkpoint"]) for record in records}
+        results = {name: results[name] for name in STAGE_ORDER if name in results}
         say(
             f"Each model was tested on the {counts.test} held-out region-B chips (test mIoU above)."
         )
@@ -268,13 +347,15 @@ def run_demo(
             "fine_only = the few exact region-B labels alone; naive_finetune = the teacher "
             "fine-tuned on those exact labels, no distillation; attentive = stage 2, the teacher "
             "distilled into a region-B student (geodistill's coarse-to-fine method). "
-            "Values in %.\n\n" + write_results_table(results, classes)
+            "Values in %.\n\n" + results_table(results, classes, STAGE_ORDER)
         )
+        student = export_student(checkpoints["attentive"], output / "student.ckpt", overwrite=True)
         say(
             f"Whole scene: mapping the {counts.scene[0]}×{counts.scene[1]} px region-B scene with "
             "the teacher-free attentive student and the fine_only baseline → GeoTIFFs"
         )
-        label, maps, scene_accuracy = _map_scene(data, Path(config.output), output, results, stream)
+        maps_from = {"fine_only": checkpoints["fine_only"], "attentive": student}
+        label, maps, scene_accuracy = _map_scene(data, maps_from, output, results, stream)
     figure = save_panels(
         output / "figure.png",
         read_image(data.scene_image),
@@ -288,7 +369,6 @@ def run_demo(
         scene=data.scene_image,
         overwrite=True,  # check_demo_output has already refused it unless --overwrite
     ).output
-    student = Path(config.output) / "attentive" / "student.ckpt"
     summary = {
         "test_mIoU": {name: m["mIoU"] for name, m in results.items()},
         # NaN (no labelled boundary) is not JSON: written as null
@@ -309,7 +389,8 @@ def run_demo(
         ("web map: open in a browser", web_map),
         ("summary", output / "summary.json"),
         ("teacher-free student", student),
-        ("training runs: checkpoints, logs", Path(config.output)),
+        ("the runs as a compare experiment", experiment_file),
+        ("training runs: checkpoints, logs", output / "runs"),
         ("synthetic dataset, README inside", data.root),
     ]
     lines = [
@@ -328,13 +409,14 @@ def run_demo(
 
 def _map_scene(
     data: DemoDataset,
-    runs: Path,
+    checkpoints: dict[str, Path],
     output: Path,
     results: dict[str, dict[str, float]],
     stream: TextIO,
 ) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, float]]:
-    """Predict the whole scene with the attentive student and the fine-only baseline: the exact
-    label, each predicted map (titled with its test mIoU) and each map's pixel accuracy."""
+    """Predict the whole scene with each model of ``checkpoints`` (the teacher-free attentive
+    student, the fine-only baseline): the exact label, each predicted map (titled with its test
+    mIoU) and each map's pixel accuracy."""
     from tqdm import tqdm
 
     with rasterio.open(data.scene_label) as src:
@@ -342,12 +424,8 @@ def _map_scene(
     known = label != 255
     maps: dict[str, np.ndarray] = {}
     scene_accuracy: dict[str, float] = {}
-    names = ["fine_only", "attentive"]
-    for name in tqdm(names, desc="whole scene", unit="map", file=stream):
-        checkpoint = runs / name / "checkpoints" / "best.ckpt"
-        if name == "attentive":
-            checkpoint = runs / name / "student.ckpt"  # teacher-free
-        predictor = load_predictor(checkpoint)
+    for name in tqdm(list(checkpoints), desc="whole scene", unit="map", file=stream):
+        predictor = load_predictor(checkpoints[name])
         outputs = SceneOutputs(output / f"scene_{name}.tif")
         predict_scene(predictor, data.scene_image, outputs, InferenceOptions(overwrite=True))
         with rasterio.open(outputs.classes) as src:

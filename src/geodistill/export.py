@@ -146,7 +146,11 @@ def check_export_source(path: str | Path) -> None:
 
 
 def _export_checkpoint(source: dict[str, Any], path: Path, output: Path) -> None:
-    accepted = set(inspect.signature(SegmentationTask.__init__).parameters) - {"self"}
+    # The deployed student is the plain task's network: no method, no teachers, no loss heads.
+    accepted = set(inspect.signature(SegmentationTask.__init__).parameters) - {
+        "self",
+        "distillation",
+    }
     hparams = {k: v for k, v in source.get("hyper_parameters", {}).items() if k in accepted}
     meta = {k: v for k, v in source.get("geodistill", {}).items() if k != "teacher"}
     student = {

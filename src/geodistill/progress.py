@@ -1,6 +1,6 @@
 """What a long run tells its user: each run announced, one progress line per run, quiet libraries.
 
-A newcomer running the demo or ``geodistill coarse-to-fine`` should read what is being trained on
+A newcomer running the demo or ``geodistill compare`` should read what is being trained on
 what and how long it will take, not Lightning's start-up chatter (accelerator availability, tips,
 "Loading `train_dataloader`..."). :class:`RunProgress` announces run ``i`` of ``n`` with the time
 left estimated from the finished runs and gives each run a :class:`StageBar` (one tqdm line over

@@ -1,7 +1,8 @@
-"""Figures for reports: image | label | prediction panels."""
+"""Reports: image | label | prediction panels, and result tables of several methods."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -11,6 +12,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
+
+from geodistill.metrics import UNDEFINED, mean_defined  # noqa: E402
 
 
 def rgb_composite(image: np.ndarray, rgb: Sequence[int] = (0, 1, 2)) -> np.ndarray:
@@ -56,3 +59,57 @@ def save_panels(
     fig.savefig(path, dpi=110, bbox_inches="tight", pad_inches=0.15)
     plt.close(fig)
     return path
+
+
+def results_table(
+    results: dict[str, dict[str, float]] | list[dict[str, dict[str, float]]],
+    class_names: Sequence[str],
+    order: Sequence[str] | None = None,
+) -> str:
+    """Markdown table of mean ± std (%) per method over several seeds' results (the plain value
+    for one run: a spread of one value says nothing), with the share of the fine-only → oracle
+    mIoU gap each method recovers. Methods in ``order`` (default: as in the first run), those
+    every run has.
+
+    Undefined values (NaN, e.g. boundary F1 where no boundary was labelled) are left out of the
+    means, with ``(k/n runs)`` when only k of the n runs define one; none defined shows ``–``.
+    ``boundary_F1_sparse`` gets a column only where it differs from ``boundary_F1``, i.e. where the
+    labels leave unlabelled gaps between classes (with dense labels the two are equal).
+    """
+    runs = results if isinstance(results, list) else [results]
+    names = [n for n in (order or list(runs[0])) if all(n in r for r in runs)]
+
+    def differs(metrics: dict[str, float]) -> bool:
+        sparse = float(metrics.get("boundary_F1_sparse", math.nan))
+        dense = float(metrics.get("boundary_F1", math.nan))
+        return math.isfinite(sparse) and not (math.isfinite(dense) and abs(sparse - dense) < 1e-9)
+
+    show_sparse = any(differs(r[name]) for r in runs for name in names)
+    keys = ["mIoU", "boundary_F1", *(["boundary_F1_sparse"] if show_sparse else []), "OA"]
+    keys += [f"IoU/{c}" for c in class_names]
+    header = ["method", *keys, "gap recovered"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+
+    def cell(name: str, key: str) -> str:
+        values = [100 * v for r in runs if math.isfinite(v := float(r[name].get(key, math.nan)))]
+        if not values:
+            return UNDEFINED
+        text = f"{np.mean(values):.2f}"
+        if len(runs) > 1:
+            text += f" ± {np.std(values):.2f}" if len(values) > 1 else ""
+            text += f" ({len(values)}/{len(runs)} runs)" if len(values) < len(runs) else ""
+        return text
+
+    for name in names:
+        cells = [name, *(cell(name, key) for key in keys)]
+        if "fine_only" in names and "oracle" in names:
+            gaps = []
+            for r in runs:
+                gap = r["oracle"]["mIoU"] - r["fine_only"]["mIoU"]
+                gaps.append((r[name]["mIoU"] - r["fine_only"]["mIoU"]) / gap if gap else np.nan)
+            recovered = mean_defined(gaps)
+            cells.append(f"{100 * recovered:.0f} %" if math.isfinite(recovered) else UNDEFINED)
+        else:
+            cells.append(UNDEFINED)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
@@ -87,6 +88,9 @@ class GeodistillCLI(LightningCLI):
             "data.num_classes", "model.init_args.num_classes", apply_on="instantiate"
         )
         parser.link_arguments("data.classes", "model.init_args.class_names", apply_on="instantiate")
+        parser.link_arguments(
+            "data.band_names", "model.init_args.band_names", apply_on="instantiate"
+        )
         parser.add_lightning_class_args(GeoTiffPredictionWriter, "prediction_writer")
         parser.add_lightning_class_args(BestCheckpoint, "checkpoint")
         parser.set_defaults(
@@ -222,11 +226,11 @@ class GeodistillCLI(LightningCLI):
         self.before_run("predict")
 
 
-def run_lightning_cli(args: list[str]) -> None:
+def run_lightning_cli(args: list[str], callbacks: Sequence[L.Callback] = ()) -> None:
     """Run a Lightning subcommand with CSV and TensorBoard logs under ``outputs/``.
 
     ``--overwrite`` (anywhere on the line) is geodistill's own flag, taken out before Lightning
-    parses the rest.
+    parses the rest. ``callbacks`` join the config's (a caller's progress line).
     """
     hide_lightning_tips()  # Lightning's litlogger/litmodels adverts, nothing about the run
     overwrite = OVERWRITE_FLAG in args
@@ -246,7 +250,7 @@ def run_lightning_cli(args: list[str]) -> None:
         },
         trainer_defaults={
             "default_root_dir": "outputs",
-            "callbacks": [LearningRateMonitor(logging_interval="step")],
+            "callbacks": [LearningRateMonitor(logging_interval="step"), *callbacks],
             "logger": [
                 {
                     "class_path": "lightning.pytorch.loggers.CSVLogger",

@@ -27,9 +27,8 @@ commands:
   prepare    vector labels / large scenes -> label rasters and chips with a manifest
   stats      per-band normalisation statistics of images
   demo       run the built-in synthetic multispectral demo end to end
-  coarse-to-fine
-             coarse-label teacher -> fine student by attentive distillation (+ baselines)
   compare    variants x label budgets x seeds of a fit config: mean ± std, paired gains
+             (coarse-to-fine: --config configs/coarse_to_fine_demo.yaml)
   export     teacher-free student from any checkpoint: plain .ckpt or .onnx
   infer      whole scenes -> georeferenced class maps (bounded memory, COG, many devices)
   vectorize  class map -> polygons per class with areas (m²) and confidence (GPKG/GeoJSON)
@@ -59,7 +58,6 @@ def _tool_parser() -> argparse.ArgumentParser:
     tools.add_prepare(commands)
     tools.add_stats(commands)
     tools.add_demo(commands)
-    tools.add_coarse_to_fine(commands)
     tools.add_compare(commands)
     tools.add_export(commands)
     tools.add_infer(commands)
@@ -115,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = "--debug" in args
     allow_download = "--allow-download" in args
     args = [a for a in args if a not in ("--debug", "--allow-download")]
-    if debug and args[:1] in (["demo"], ["coarse-to-fine"]):
+    if debug and args[:1] == ["demo"]:
         args.append("--verbose")  # --debug shows the libraries' messages too
     if not debug:
         warnings.filterwarnings("ignore", category=UserWarning, module="lightning")

@@ -1,4 +1,4 @@
-"""``argparse`` subcommands: data tools, demo, coarse-to-fine, export, infer, vectorize, view."""
+"""``argparse`` subcommands: data tools, demo, compare, export, infer, vectorize, view."""
 
 from __future__ import annotations
 
@@ -206,71 +206,6 @@ def run_demo(args: argparse.Namespace) -> None:
     )
 
 
-def add_coarse_to_fine(commands: Any) -> None:
-    from geodistill.pipelines.coarse_to_fine import METHODS
-
-    parser = commands.add_parser(
-        "coarse-to-fine",
-        help="coarse-label teacher, then a fine student by attentive distillation (+ baselines)",
-        description=(
-            "Stage 1 trains a teacher on the coarse domain (or takes --teacher); stage 2 trains "
-            "the fine-domain student with attentive feature and prediction distillation. Other "
-            "methods of the same harness (baselines, ablations) run with --methods. Each run is "
-            "tested on the fine domain's test split; results.json and a table are written to the "
-            "output folder, with a teacher-free student.ckpt per distillation method. Methods: "
-            + ", ".join(f"{name} ({m.description})" for name, m in METHODS.items())
-        ),
-    )
-    parser.add_argument("--config", required=True, help="YAML file (see configs/)")
-    parser.add_argument("--teacher", help="existing stage-1 checkpoint: skip stage 1")
-    parser.add_argument("--methods", help="comma-separated methods (default: the config's)")
-    parser.add_argument("-o", "--output", help="output folder (default: the config's)")
-    parser.add_argument("--seed", type=int, help="override the config's seed")
-    earlier = parser.add_mutually_exclusive_group()
-    earlier.add_argument(
-        "--overwrite", action="store_true", help="remove the earlier runs in the output first"
-    )
-    earlier.add_argument(
-        "--resume",
-        action="store_true",
-        help="keep the methods an earlier run of the same config completed, run the rest",
-    )
-    parser.add_argument("--verbose", action="store_true", help="also show Lightning's own messages")
-    parser.set_defaults(func=run_coarse_to_fine)
-
-
-def run_coarse_to_fine(args: argparse.Namespace) -> None:
-    from geodistill.pipelines.coarse_to_fine import (
-        check_output_folder,
-        load_config,
-        run_coarse_to_fine,
-        write_results_table,
-    )
-
-    option = "-o" if args.output else f"output (in {args.config})"
-    if args.output:  # checked before the config is even read
-        from geodistill.pipelines.coarse_to_fine import CoarseToFineConfig
-
-        check_output_folder(CoarseToFineConfig({}, args.output), args.overwrite, args.resume)
-    config = load_config(args.config)
-    if args.teacher:
-        config.teacher_checkpoint = args.teacher
-    if args.methods:
-        config.methods = _split_list(args.methods) or config.methods
-    if args.output:
-        config.output = args.output
-    if args.seed is not None:
-        config.seed = args.seed
-    from geodistill.progress import RunProgress, quiet_libraries
-
-    with quiet_libraries(args.verbose):
-        results = run_coarse_to_fine(
-            config, args.overwrite, args.resume, option, progress=RunProgress()
-        )
-    print(write_results_table(results, list(config.data["classes"])))
-    print(f"wrote {Path(config.output) / 'results.json'}")
-
-
 def add_compare(commands: Any) -> None:
     parser = commands.add_parser(
         "compare",
@@ -289,6 +224,11 @@ def add_compare(commands: Any) -> None:
     parser.add_argument(
         "--jobs", type=int, default=1, help="runs at once, each a subprocess on one thread"
     )
+    parser.add_argument(
+        "--variants",
+        help="comma-separated variants to run (with the stages they use); the baseline must be "
+        "among them. Default: every variant of the file",
+    )
     earlier = parser.add_mutually_exclusive_group()
     earlier.add_argument(
         "--overwrite", action="store_true", help="remove an earlier run of the experiment first"
@@ -302,11 +242,14 @@ def add_compare(commands: Any) -> None:
 
 
 def run_compare(args: argparse.Namespace) -> None:
-    from geodistill.experiments import load_experiment, run_experiment
+    from geodistill.experiments import load_experiment, run_experiment, select_variants
 
     experiment = load_experiment(args.config)
     command = ["geodistill", "compare", "--config", args.config]
     command += ["-o", args.output] if args.output else []
+    if args.variants:
+        experiment = select_variants(experiment, [v for v in args.variants.split(",") if v])
+        command += ["--variants", args.variants]
     command += ["--jobs", str(args.jobs)] if args.jobs != 1 else []
     command += ["--resume"] if args.resume else ["--overwrite"] if args.overwrite else []
     results = run_experiment(

@@ -19,6 +19,7 @@ from geodistill.data.transforms import train_transforms
 from geodistill.errors import GeodistillError
 
 Split = Literal["train", "val", "test"]
+TrainingStream = Literal["train", "unlabeled"]
 SPLITS: tuple[Split, ...] = ("train", "val", "test")
 
 
@@ -120,6 +121,7 @@ class GeoSegDataModule(L.LightningDataModule):
         self.num_bands = len(resolve_bands(raster_info(first), bands))
         self.band_stats: BandStats | None = None
         self.datasets: dict[str, ChipDataset] = {}
+        self._served: dict[str, Dataset] = {}  # training sets served in another form (serve())
         self._prechecked: str | None = None  # stage check() built, for the setup that follows
 
     @property
@@ -257,8 +259,36 @@ class GeoSegDataModule(L.LightningDataModule):
         self._build_and_check(stage)
         self._prechecked = stage
 
+    def training_set(self, stream: TrainingStream) -> Dataset:
+        """The ``train`` or ``unlabeled`` set as this data module built it (after ``setup``)."""
+        dataset = self.datasets.get(stream)
+        if dataset is None:
+            what = "unlabelled" if stream == "unlabeled" else "labelled"
+            raise GeodistillError(
+                f"the data module has no {what} training set: "
+                + (
+                    "set data.unlabeled_from"
+                    if stream == "unlabeled" and self.unlabeled_from is None
+                    else "call setup('fit') first"
+                )
+            )
+        return dataset
+
+    def serve(self, stream: TrainingStream, dataset: Dataset) -> None:
+        """Train on ``dataset`` instead of the ``stream`` set it was made from (a teacher cache's
+        windows of it), until the next ``setup``. How a distillation method asks for data in
+        another form without reaching into this module."""
+        self.training_set(stream)
+        self._served[stream] = dataset
+
+    def served(self, stream: TrainingStream) -> Dataset:
+        r"""What the ``stream`` loader serves: the :meth:`serve`\ d dataset, else the set."""
+        served = self._served.get(stream)
+        return self.training_set(stream) if served is None else served
+
     def _build_and_check(self, stage: str) -> None:
         if stage == "fit":
+            self._served.clear()
             train = [self._dataset(name, "train", train=True) for name in self.train_domains()]
             self.datasets["train"] = train[0] if len(train) == 1 else ConcatDataset(train)
             self.datasets["val"] = self._dataset(self.eval_domain, "val", train=False)
@@ -434,7 +464,8 @@ class GeoSegDataModule(L.LightningDataModule):
     def _loader(
         self, split: str, batch_size: int, shuffle: bool, num_samples: int | None = None
     ) -> DataLoader:
-        dataset: Dataset = self.datasets[split]
+        served = self._served.get(split)
+        dataset: Dataset = self.datasets[split] if served is None else served
         sampler = None
         if num_samples is not None:
             sampler = RandomSampler(dataset, replacement=True, num_samples=num_samples)  # type: ignore[arg-type]
@@ -445,7 +476,7 @@ class GeoSegDataModule(L.LightningDataModule):
             sampler=sampler,
             num_workers=self.num_workers,
             collate_fn=partial(pad_collate, ignore_index=self.ignore_index),
-            drop_last=shuffle and len(self.datasets[split]) > batch_size,
+            drop_last=shuffle and len(dataset) > batch_size,  # type: ignore[arg-type]
             persistent_workers=self.num_workers > 0,
         )
 

@@ -620,18 +620,14 @@ def attach_teacher_cache(
     device: str | torch.device | None = None,
     batch_size: int = 8,
 ) -> TeacherCache:
-    """Train ``datamodule`` on cached teacher targets: after its ``setup("fit")``, replace its
-    training set by the windows of ``datamodule.patch_size`` of :func:`ensure_teacher_cache`.
+    """Train ``datamodule`` on cached teacher targets: after its ``setup("fit")``, serve its
+    training set as the windows of ``datamodule.patch_size`` of :func:`ensure_teacher_cache`.
 
     Training batches then carry ``"teacher"``: ``{"features": [(B, C, h, w)], "logits":
     (B, K, H', W') or None}``. The grid replaces random crops, so an epoch has one sample per
     window whatever ``crops_per_image`` says.
     """
-    train = datamodule.datasets.get("train")
-    if train is None:
-        raise GeodistillError("the data module has no training set yet: call setup('fit') first")
-    if isinstance(train, CachedTeacherDataset):
-        train = train.dataset
+    train = datamodule.training_set("train")
     size = datamodule.patch_size
     warn_if_unaligned(size)
     cache = ensure_teacher_cache(
@@ -644,5 +640,72 @@ def attach_teacher_cache(
         device=device,
         batch_size=batch_size,
     )
-    datamodule.datasets["train"] = CachedTeacherDataset(train, cache)  # type: ignore[arg-type]
+    datamodule.serve("train", CachedTeacherDataset(train, cache))  # type: ignore[arg-type]
     return cache
+
+
+class CachedTeachersDataset(CachedTeacherDataset):
+    """A chip dataset as the fixed window grid of several teachers' caches (one per teacher,
+    built over the same dataset and window size); each sample carries every teacher's last
+    feature level under ``"teacher": {"features": [(C_k, h_k, w_k) per teacher], "logits":
+    None}``, moved by the same geometric augmentation as image and mask."""
+
+    def __init__(self, dataset: Dataset, caches: list[TeacherCache]) -> None:
+        super().__init__(dataset, caches[0])  # type: ignore[arg-type] # checks the data fingerprint
+        for cache in caches[1:]:
+            if cache.fingerprint.data != caches[0].fingerprint.data:
+                raise GeodistillError("the teacher caches were built over other windows")
+        self.caches = caches
+
+    def target_maps(self, k: int) -> list[Tensor]:
+        return [_tensor(cache.targets(k)["features"][-1]) for cache in self.caches]
+
+    def teacher_entry(self, moved: list[Tensor]) -> dict[str, Any]:
+        return {"features": list(moved), "logits": None}
+
+
+STREAM_FOLDERS = {"train": "labeled", "unlabeled": "unlabeled"}
+"""Sub-folder of each training stream's caches in a multi-teacher cache folder."""
+
+
+def attach_teacher_caches(
+    datamodule: GeoSegDataModule,
+    teachers: list[Teacher],
+    folder: str | Path,
+    streams: tuple[str, ...] = ("train",),
+    on_mismatch: OnMismatch = "rebuild",
+    dtype: CacheDtype = "float16",
+    device: str | torch.device | None = None,
+    batch_size: int = 8,
+) -> None:
+    """Serve the ``streams`` of ``datamodule`` (after its ``setup("fit")``) with cached teacher
+    outputs.
+
+    One teacher on the labelled stream alone: ``folder`` is its cache, with every feature level
+    and the logits (:func:`attach_teacher_cache`). Otherwise ``<folder>/teacher_<k>/<labeled|
+    unlabeled>`` per teacher and stream, and samples carry each teacher's last feature level
+    (:class:`CachedTeachersDataset`).
+    """
+    if len(teachers) == 1 and tuple(streams) == ("train",):
+        attach_teacher_cache(
+            datamodule, teachers[0], folder, on_mismatch, dtype, device, batch_size
+        )
+        return
+    size = datamodule.patch_size
+    warn_if_unaligned(size)
+    for stream in streams:
+        dataset = datamodule.training_set(stream)  # type: ignore[arg-type]
+        caches = [
+            ensure_teacher_cache(
+                Path(folder) / f"teacher_{k}" / STREAM_FOLDERS[stream],
+                teacher,
+                dataset,  # type: ignore[arg-type]
+                size,
+                on_mismatch,
+                dtype=dtype,
+                device=device,
+                batch_size=batch_size,
+            )
+            for k, teacher in enumerate(teachers)
+        ]
+        datamodule.serve(stream, CachedTeachersDataset(dataset, caches))  # type: ignore[arg-type]

@@ -6,7 +6,13 @@ the LightningCLI exactly like ``geodistill fit`` + ``geodistill test``; the resu
 as mean ± std over seeds and paired differences against a baseline (see ``docs/compare.md``).
 """
 
-from geodistill.experiments.file import Budget, Experiment, StagePlan, load_experiment
+from geodistill.experiments.file import (
+    Budget,
+    Experiment,
+    StagePlan,
+    load_experiment,
+    select_variants,
+)
 from geodistill.experiments.harness import run_experiment
 from geodistill.experiments.summary import Summary, format_difference, format_mean_std, summarise
 
@@ -18,6 +24,7 @@ __all__ = [
     "format_difference",
     "format_mean_std",
     "load_experiment",
+    "select_variants",
     "run_experiment",
     "summarise",
 ]

@@ -11,7 +11,7 @@ import copy
 import difflib
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,8 @@ DEFAULT_BUDGET = "base"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 _REFERENCE = re.compile(r"\$\{([^}]*)\}")
 _STAGE_REFERENCE = re.compile(r"^stages\.([^.]+)\.checkpoint$")
+SEED_REFERENCE = "seed"
+"""``${seed}`` in an experiment file: the run's seed."""
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,38 @@ class Experiment:
     """Per variant, the stages its overrides refer to."""
 
 
+def select_variants(experiment: Experiment, names: Sequence[str]) -> Experiment:
+    """The experiment with only the variants ``names`` (and the stages they use), e.g. to run a
+    few methods of a recipe; the baseline must be among them (differences are paired to it)."""
+    unknown = [name for name in names if name not in experiment.variants]
+    if unknown:
+        raise GeodistillError(
+            f"--variants: unknown variant(s) {', '.join(unknown)}; the experiment has "
+            + ", ".join(experiment.variants),
+            experiment.path,
+        )
+    if experiment.baseline not in names:
+        raise GeodistillError(
+            f"--variants must include the baseline {experiment.baseline} (every difference is "
+            "paired with it)",
+            experiment.path,
+        )
+    variants = {name: overrides for name, overrides in experiment.variants.items() if name in names}
+    used: set[str] = set()
+    pending = [stage for name in variants for stage in experiment.needs.get(name, ())]
+    while pending:
+        stage = pending.pop()
+        if stage not in used:
+            used.add(stage)
+            pending.extend(experiment.stages[stage].needs)
+    return replace(
+        experiment,
+        variants=variants,
+        stages={name: plan for name, plan in experiment.stages.items() if name in used},
+        needs={name: experiment.needs[name] for name in variants if name in experiment.needs},
+    )
+
+
 # --------------------------------------------------------------------------------------------
 # merging and references
 
@@ -127,21 +161,38 @@ def _walk(value: Any, keys: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, .
 
 
 def stage_references(value: Any, where: str, path: Path) -> list[tuple[str, str]]:
-    """``(key path, stage name)`` of every ``${stages.NAME.checkpoint}`` in ``value``; any other
-    ``${...}`` is refused (it would reach the run's config as literal text)."""
+    """``(key path, stage name)`` of every ``${stages.NAME.checkpoint}`` in ``value``; ``${seed}``
+    (the run's seed, e.g. in a per-seed data path) is allowed; any other ``${...}`` is refused (it
+    would reach the run's config as literal text)."""
     found = []
     for keys, text in _walk(value):
         for match in _REFERENCE.finditer(text):
             key = ".".join((where, *keys))
+            if match[1].strip() == SEED_REFERENCE:
+                continue
             stage = _STAGE_REFERENCE.match(match[1].strip())
             if stage is None:
                 raise _error(
                     key,
-                    f"unknown reference ${{{match[1]}}}: only ${{stages.NAME.checkpoint}}",
+                    f"unknown reference ${{{match[1]}}}: only ${{stages.NAME.checkpoint}} and "
+                    "${seed}",
                     path,
                 )
             found.append((key, stage[1]))
     return found
+
+
+def substitute_seed(value: Any, seed: int) -> Any:
+    """``value`` with each ``${seed}`` replaced by ``seed``."""
+    if isinstance(value, dict):
+        return {key: substitute_seed(item, seed) for key, item in value.items()}
+    if isinstance(value, list):
+        return [substitute_seed(item, seed) for item in value]
+    if isinstance(value, str):
+        return _REFERENCE.sub(
+            lambda match: str(seed) if match[1].strip() == SEED_REFERENCE else match[0], value
+        )
+    return value
 
 
 def substitute(value: Any, checkpoints: dict[str, str]) -> Any:

@@ -34,6 +34,7 @@ from geodistill.experiments.runs import (
     write_run_config,
 )
 from geodistill.experiments.summary import figure, machine, markdown, summarise, summary_json
+from geodistill.progress import RunProgress
 
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
@@ -78,7 +79,8 @@ def check_runs(runs: Sequence[RunSpec], experiment: Experiment) -> None:
         group = (run.kind, run.name, run.budget)
         if group not in seen:
             seen.add(group)
-            check_run_config(run.resolved_config(), run.where, experiment.path)
+            pending = [str(need.checkpoint) for need in run.needs]
+            check_run_config(run.resolved_config(), run.where, experiment.path, pending)
 
 
 def _remove(path: Path) -> None:
@@ -98,13 +100,22 @@ def _headline(record: dict[str, Any], metric: str) -> str:
     return f"done in {record['seconds']:.0f} s, {metric} {shown}"
 
 
-def _run_sequentially(todo: list[RunSpec], metric: str) -> dict[str, dict[str, Any]]:
+def _run_sequentially(
+    todo: list[RunSpec], metric: str, progress: RunProgress | None = None
+) -> dict[str, dict[str, Any]]:
     records = {}
     for index, run in enumerate(todo, start=1):
-        _progress(index, len(todo), run, "running")
+        callbacks: list[Any] = []
+        if progress is None:
+            _progress(index, len(todo), run, "running")
+        else:
+            callbacks = progress.start(run.name, run.key)
         write_run_config(run)
-        records[run.key] = execute_run(run.folder, run.record_fields())
-        _progress(index, len(todo), run, _headline(records[run.key], metric))
+        records[run.key] = execute_run(run.folder, run.record_fields(), callbacks)
+        if progress is None:
+            _progress(index, len(todo), run, _headline(records[run.key], metric))
+        else:
+            progress.finish()
     return records
 
 
@@ -184,9 +195,14 @@ def run_experiment(
     jobs: int = 1,
     command: str = "",
     option: str = "-o",
+    progress: RunProgress | None = None,
 ) -> Path:
     """Run every missing run of ``experiment`` into ``output`` (default: the file's ``output``)
-    and write ``results.json``, ``results.md`` and ``results.png``; returns ``results.md``."""
+    and write ``results.json``, ``results.md`` and ``results.png``; returns ``results.md``.
+
+    ``progress`` (one job only) announces each run by name and shows its progress line instead
+    of the plain ``[i/n]`` lines; runs kept by ``resume`` are announced as skipped.
+    """
     if output is None:
         if experiment.output is None:
             raise GeodistillError("output: missing; set it or give -o", experiment.path)
@@ -209,11 +225,16 @@ def run_experiment(
         _remove(path)
     folder.mkdir(parents=True, exist_ok=True)
     todo = [run for run in runs if run.key not in finished]
-    if finished:
+    if finished and progress is None:
         print(f"--resume: {len(finished)} finished run(s) kept, {len(todo)} to run", flush=True)
+    if progress is not None:
+        progress.total = len(runs)
+        for run in runs:
+            if run.key in finished:
+                progress.skip(run.name, "complete in an earlier run, kept (--resume)")
     start = time.perf_counter()
-    if jobs == 1 or len(todo) <= 1:
-        finished.update(_run_sequentially(todo, experiment.metric))
+    if jobs == 1 or len(todo) <= 1 or progress is not None:
+        finished.update(_run_sequentially(todo, experiment.metric, progress))
     else:
         finished.update(_run_in_parallel(todo, jobs, set(finished), experiment.metric))
     seconds = time.perf_counter() - start

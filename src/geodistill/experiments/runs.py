@@ -19,6 +19,7 @@ import copy
 import hashlib
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -27,7 +28,13 @@ import yaml
 
 from geodistill.atomic import atomic_output
 from geodistill.errors import GeodistillError
-from geodistill.experiments.file import STAGES_FOLDER, Experiment, deep_merge, substitute
+from geodistill.experiments.file import (
+    STAGES_FOLDER,
+    Experiment,
+    deep_merge,
+    substitute,
+    substitute_seed,
+)
 
 RUN_RECORD = "run.json"
 RUN_CONFIG = "config.yaml"
@@ -107,8 +114,9 @@ def fingerprint(config: dict[str, Any], needs: list[RunSpec]) -> str:
 
 
 def seeded(config: dict[str, Any], seed: int) -> dict[str, Any]:
-    """``config`` with ``seed`` as Lightning's global seed and the data's split/draw seed."""
-    config = copy.deepcopy(config)
+    """``config`` with ``seed`` as Lightning's global seed and the data's split/draw seed, and in
+    place of every ``${seed}`` (a per-seed data path, say)."""
+    config = substitute_seed(copy.deepcopy(config), seed)
     config["seed_everything"] = seed
     data = config.setdefault("data", {})
     if not isinstance(data.get("init_args"), dict):
@@ -210,7 +218,9 @@ def with_run_paths(config: dict[str, Any], folder: Path) -> dict[str, Any]:
     return config
 
 
-def check_run_config(config: dict[str, Any], where: str, path: Path) -> None:
+def check_run_config(
+    config: dict[str, Any], where: str, path: Path, pending: Sequence[str] = ()
+) -> None:
     """Parse ``config`` as ``geodistill fit`` would, without building anything, so a bad key in
     any variant is refused (naming the experiment file and variant) before the first run."""
     from geodistill.cli.lightning_cli import GeodistillCLI  # the fit command's own parser
@@ -221,7 +231,8 @@ def check_run_config(config: dict[str, Any], where: str, path: Path) -> None:
         def instantiate_classes(self) -> None:
             pass
 
-    checked = {k: v for k, v in config.items() if k != "seed_everything"}  # set by the harness
+    # A deep copy: the parser turns the mappings it reads into namespaces in place.
+    checked = copy.deepcopy({k: v for k, v in config.items() if k != "seed_everything"})
     try:
         ParseOnly(
             SegmentationTask,
@@ -240,6 +251,36 @@ def check_run_config(config: dict[str, Any], where: str, path: Path) -> None:
         if error.path and message.startswith(f"{error.path}: "):
             message = message[len(error.path) + 2 :]
         raise GeodistillError(f"{where}: {message}", path) from error
+    check_method(config, where, pending)
+
+
+def check_method(config: dict[str, Any], where: str, pending: Sequence[str] = ()) -> None:
+    """Build the run's distillation method from its settings (they are validated, no teacher is
+    built) and check its teacher files weights-only, so a bad setting, a missing or a tampered
+    teacher is refused before the first run of the experiment trains anything. ``pending``: the
+    checkpoints stage runs will write (not there yet)."""
+    from geodistill.methods import build_distillation
+
+    init_args = (config.get("model") or {}).get("init_args") or {}
+    value = init_args.get("distillation") if isinstance(init_args, dict) else None
+    if not isinstance(value, dict):
+        return
+    try:
+        method = build_distillation(value)
+        if method is not None:
+            method.check_teacher_files()
+            if method.needs_teachers:
+                missing = [
+                    spec.path
+                    for spec in method.teacher_specs()
+                    if spec.path is not None
+                    and spec.path not in pending
+                    and not Path(spec.path).is_file()
+                ]
+                if missing:
+                    raise GeodistillError("no such teacher file", missing[0])
+    except GeodistillError as error:
+        raise GeodistillError(f"{where}: {error}") from error
 
 
 def write_run_config(run: RunSpec) -> Path:
@@ -252,14 +293,17 @@ def write_run_config(run: RunSpec) -> Path:
     return path
 
 
-def execute_run(folder: Path, fields: dict[str, Any]) -> dict[str, Any]:
+def execute_run(
+    folder: Path, fields: dict[str, Any], callbacks: Sequence[Any] = ()
+) -> dict[str, Any]:
     """``fit`` then ``test`` (best checkpoint) of ``<folder>/config.yaml`` through the
-    LightningCLI, then ``run.json`` (``fields`` + test metrics, checkpoint, seconds)."""
+    LightningCLI, then ``run.json`` (``fields`` + test metrics, checkpoint, seconds).
+    ``callbacks``: Lightning callbacks added to both (a progress line)."""
     from geodistill.cli.lightning_cli import run_lightning_cli  # what `geodistill fit` runs
 
     start = time.perf_counter()
     config = str(folder / RUN_CONFIG)
-    run_lightning_cli(["fit", "--config", config])
+    run_lightning_cli(["fit", "--config", config], callbacks)
     best = folder / "checkpoints" / f"{BEST_CHECKPOINT}.ckpt"
     if not best.is_file():
         raise GeodistillError(
@@ -280,7 +324,8 @@ def execute_run(folder: Path, fields: dict[str, Any]) -> dict[str, Any]:
             "false",
             "--trainer.default_root_dir",
             str(test_root),
-        ]
+        ],
+        callbacks,
     )
     metrics = json.loads((test_root / "test_metrics.json").read_text())
     record = {

@@ -1,7 +1,9 @@
-"""Supervised semantic segmentation as a Lightning task; the base of every distillation task."""
+"""Semantic segmentation as a Lightning task: supervised, or with a distillation method as a
+component (:mod:`geodistill.methods`)."""
 
 from __future__ import annotations
 
+import copy
 import warnings
 from pathlib import Path
 from typing import Any
@@ -13,18 +15,26 @@ from torch import Tensor
 
 from geodistill.errors import GeodistillError, GeodistillWarning
 from geodistill.losses import build_segmentation_loss
+from geodistill.methods import DataContext, Distillation, StudentArguments, build_distillation
 from geodistill.metrics import SegmentationMetrics, metrics_to_json, metrics_to_markdown
 from geodistill.models import SegmentationModel, create_student
 from geodistill.tasks.schedules import Schedule, warmup_decay
 
 
 class SegmentationTask(L.LightningModule):
-    """Train a student on labelled chips: weighted CE/Dice/focal, AdamW, warm-up + decay.
+    """Train a student on labelled chips: weighted CE/Dice/focal, AdamW, warm-up + decay, and
+    optionally a distillation method.
 
-    ``in_channels``, ``num_classes`` and ``class_names`` are linked from the data module by the
-    CLI. The band statistics of the training data are copied into the model at the start of
-    fitting and saved with it; the checkpoint also records band and class names so that
+    ``in_channels``, ``num_classes``, ``class_names`` and ``band_names`` are linked from the data
+    module by the CLI. The band statistics of the training data are copied into the model at the
+    start of fitting and saved with it; the checkpoint also records band and class names so that
     validation, test and prediction can refuse data that does not match.
+
+    ``distillation`` is a :class:`~geodistill.methods.Distillation` (in YAML: ``class_path:
+    geodistill.methods.CoarseToFine`` and its ``init_args``): it may shape the student, holds
+    its frozen teachers and trainable loss heads, and computes the training loss. Without one
+    the task is plain supervised training. Checkpoints record the method's config; the deployed
+    student (``geodistill export``) is the ``model`` network alone.
     """
 
     def __init__(
@@ -32,6 +42,7 @@ class SegmentationTask(L.LightningModule):
         in_channels: int = 3,
         num_classes: int = 2,
         class_names: list[str] | None = None,
+        band_names: list[str] | None = None,
         arch: str = "unet",
         encoder: str = "resnet18",
         weights: str | None = None,
@@ -44,18 +55,52 @@ class SegmentationTask(L.LightningModule):
         warmup_fraction: float = 0.05,
         schedule: Schedule = "poly",
         boundary_tolerance: int = 2,
+        distillation: Distillation | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["distillation"])
         if class_names is not None and len(class_names) != num_classes:
             raise GeodistillError(f"{len(class_names)} class names for {num_classes} classes")
+        if band_names is not None and len(band_names) != in_channels:
+            raise GeodistillError(f"{len(band_names)} band names for {in_channels} bands")
         self.class_names = class_names or [f"class_{i}" for i in range(num_classes)]
-        self.band_names: list[str] = [f"band_{i + 1}" for i in range(in_channels)]
+        if band_names is not None:
+            self.hparams["band_names"] = list(band_names)  # the data module's may be a tuple
+        self.band_names: list[str] = list(
+            band_names or [f"band_{i + 1}" for i in range(in_channels)]
+        )
         self.tile_size: int | None = None
+        method = build_distillation(distillation)  # type: ignore[arg-type] # or its config mapping
+        if method is not None and band_names is None:
+            raise GeodistillError(
+                "model.band_names is needed with a distillation method: its teachers are built "
+                "for the data's bands (geodistill fit links it from the data)"
+            )
+        student = StudentArguments(arch, encoder, weights, dict(arch_kwargs or {}))
+        if method is not None:
+            context = DataContext(self.band_names, self.class_names, ignore_index)
+            student = method.student_arguments(student, context)
         self.model: SegmentationModel = create_student(
-            arch, encoder, in_channels, num_classes, weights, **(arch_kwargs or {})
+            student.arch,
+            student.encoder,
+            in_channels,
+            num_classes,
+            student.weights,
+            **student.arch_kwargs,
+        )
+        # What was really built: checkpoints and exported students rebuild this network.
+        self.hparams.update(
+            arch=student.arch,
+            encoder=student.encoder,
+            weights=student.weights,
+            arch_kwargs=student.arch_kwargs or arch_kwargs,
         )
         self.criterion = build_segmentation_loss(loss, ignore_index, class_weights, num_classes)
+        self.distillation: Distillation | None = None
+        if method is not None:
+            self.hparams.update(method.bind(self))
+            self.distillation = method
+        self.hparams["distillation"] = None if method is None else method.config()
         metric_args = dict(
             num_classes=num_classes,
             ignore_index=ignore_index,
@@ -74,10 +119,38 @@ class SegmentationTask(L.LightningModule):
         if datamodule is None:
             return
         self.check_data(datamodule)
+        if self.distillation is not None and list(datamodule.band_names) != self.band_names:
+            raise GeodistillError(
+                f"the task's teachers were built for bands {', '.join(self.band_names)}, the "
+                f"data has {', '.join(datamodule.band_names)}: set model.band_names (the CLI "
+                "links it from the data)"
+            )
         self.band_names = list(datamodule.band_names)
         self.tile_size = getattr(datamodule, "patch_size", self.tile_size)
         if stage == "fit" and datamodule.band_stats is not None:
             self.model.normalizer.set_stats(datamodule.band_stats)
+        if self.distillation is not None:
+            self._check_unlabeled(datamodule, stage)
+            self.distillation.setup(self, stage, datamodule)
+
+    def _check_unlabeled(self, datamodule: Any, stage: str) -> None:
+        """The unlabelled stream the method asks for, and only then."""
+        if stage != "fit" or self.distillation is None:
+            return
+        use = self.distillation.unlabeled
+        source = getattr(datamodule, "unlabeled_from", None)
+        name = type(self.distillation).__name__
+        if use == "required" and source is None:
+            raise GeodistillError(
+                f"{name} learns from unlabelled images: set data.unlabeled_from "
+                "('unlabeled', 'coarse' or 'rest')"
+            )
+        if use == "unused" and source is not None:
+            raise GeodistillError(f"{name} trains on labelled batches: unset data.unlabeled_from")
+
+    def on_fit_start(self) -> None:
+        if self.distillation is not None:
+            self.distillation.on_fit_start(self)
 
     def check_data(self, datamodule: Any) -> None:
         """Refuse data whose band or class count differs from the model's (also run by the CLI
@@ -93,13 +166,22 @@ class SegmentationTask(L.LightningModule):
                 f"{datamodule.num_classes} ({', '.join(datamodule.classes)})"
             )
 
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        if self.distillation is not None:
+            step = self.distillation.training_step(self, batch)
+            self.log("train/loss", step.loss, prog_bar=True, batch_size=step.size)
+            self.log_dict({f"train/{k}": v for k, v in step.logs.items()}, batch_size=step.size)
+            return step.loss
         logits = self.model(batch["image"])
         loss = self.criterion(logits, batch["mask"])
         self.log("train/loss", loss, prog_bar=True, batch_size=len(logits))
         for name, value in self.criterion.last_terms.items():
             self.log(f"train/loss_{name}", value, batch_size=len(logits))
         return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.distillation is not None:
+            self.distillation.on_train_batch_end(self)
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         logits = self.model(batch["image"])
@@ -164,9 +246,14 @@ class SegmentationTask(L.LightningModule):
             "class_names": self.class_names,
             "tile_size": self.tile_size,
         }
+        if self.distillation is not None:
+            # Under "teacher": export drops it; the teachers' weights are never saved.
+            checkpoint["geodistill"]["teacher"] = copy.deepcopy(self.distillation.teacher_record())
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         meta = checkpoint.get("geodistill", {})
+        if self.distillation is not None:
+            self.distillation.check_resumed_teacher(meta.get("teacher"))
         saved = meta.get("band_names")
         if saved is None:
             return

@@ -307,12 +307,11 @@ def register_teacher_check(kind: str) -> Callable[[TeacherFileCheck], TeacherFil
 
 
 def check_teacher_files(specs: Iterable[TeacherSpec]) -> None:
-    """Refuse a bad teacher file when the task is constructed, before a trainer writes anything.
+    """Refuse a bad teacher file before anything reads it as a model (weights-only checks).
 
-    Teachers are built at ``setup("fit")``, after Lightning has written the run's config and log
-    folder; a tampered or broken checkpoint must be refused before that. A missing file is left to
-    :func:`build_teacher`: a task that never runs its teacher (no distillation weight, testing a
-    checkpoint) does not need it.
+    The frozen-teachers holder runs this for every spec, also for teachers it does not build; a
+    missing file is left to :func:`build_teacher`: a method that never runs its teacher (every
+    distillation weight at 0) does not need it.
     """
     for spec in specs:
         check = TEACHER_FILE_CHECKS.get(spec.kind)

@@ -40,6 +40,7 @@ class CheckpointTeacherNetwork(TeacherNetwork):
         self.in_channels = self.model.normalizer.num_bands
         self.band_names = trained.band_names
         self.class_names = trained.class_names
+        self.architecture = dict(trained.architecture)
         probe = torch.zeros(1, self.in_channels, 64, 64)
         select_levels(self.model.forward_features(probe), self.levels)  # refuses unknown levels
 

@@ -1,1 +1,0 @@
-"""End-to-end recipes that chain several training runs (stages, baselines)."""
