@@ -10,6 +10,7 @@ earlier run's checkpoints unless ``--overwrite`` (or ``--ckpt_path`` to resume) 
 from __future__ import annotations
 
 import re
+import warnings
 from argparse import ArgumentError
 from collections.abc import Sequence
 from pathlib import Path
@@ -226,6 +227,9 @@ class GeodistillCLI(LightningCLI):
         self.before_run("predict")
 
 
+IN_PROCESS_ARGS_WARNING = "LightningCLI's args parameter is intended to run from within Python"
+
+
 def run_lightning_cli(args: list[str], callbacks: Sequence[L.Callback] = ()) -> None:
     """Run a Lightning subcommand with CSV and TensorBoard logs under ``outputs/``.
 
@@ -233,6 +237,9 @@ def run_lightning_cli(args: list[str], callbacks: Sequence[L.Callback] = ()) -> 
     parses the rest. ``callbacks`` join the config's (a caller's progress line).
     """
     hide_lightning_tips()  # Lightning's litlogger/litmodels adverts, nothing about the run
+    # Run in-process (compare, the demo, a script), args are the command: the caller's own
+    # sys.argv is not meant for Lightning, so its "args and command line" caution is noise.
+    warnings.filterwarnings("ignore", message=IN_PROCESS_ARGS_WARNING)
     overwrite = OVERWRITE_FLAG in args
     args = [a for a in args if a != OVERWRITE_FLAG]
     no_exit = {"exit_on_error": False}  # config errors raise; condensed to one line above

@@ -19,6 +19,7 @@ import copy
 import hashlib
 import json
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -223,7 +224,10 @@ def check_run_config(
 ) -> None:
     """Parse ``config`` as ``geodistill fit`` would, without building anything, so a bad key in
     any variant is refused (naming the experiment file and variant) before the first run."""
-    from geodistill.cli.lightning_cli import GeodistillCLI  # the fit command's own parser
+    from geodistill.cli.lightning_cli import (  # the fit command's own parser
+        IN_PROCESS_ARGS_WARNING,
+        GeodistillCLI,
+    )
     from geodistill.data import GeoSegDataModule
     from geodistill.tasks import SegmentationTask
 
@@ -233,6 +237,7 @@ def check_run_config(
 
     # A deep copy: the parser turns the mappings it reads into namespaces in place.
     checked = copy.deepcopy({k: v for k, v in config.items() if k != "seed_everything"})
+    warnings.filterwarnings("ignore", message=IN_PROCESS_ARGS_WARNING)
     try:
         ParseOnly(
             SegmentationTask,
