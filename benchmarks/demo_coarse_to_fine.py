@@ -33,10 +33,10 @@ from geodistill.errors import GeodistillError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from experiment_runner import (  # noqa: E402
-    PER_CLASS,
+    RESOLVED,
     add_run_options,
     check_output,
-    run,
+    run_experiment_file,
     set_epochs,
     variant_names,
 )
@@ -45,9 +45,6 @@ ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENT = ROOT / "configs" / "coarse_to_fine_demo.yaml"
 DATA = "outputs/demo/data"
 """The data folder the experiment file names (``geodistill demo``'s)."""
-RESOLVED = "experiment.resolved.yaml"
-"""The experiment as this script runs it, in the output folder (the harness copies it to
-``experiment.yaml`` with the results)."""
 
 
 def main() -> None:
@@ -77,7 +74,7 @@ def main() -> None:
     else:
         print(f"demo data: writing {args.data} (data seed {args.data_seed})", flush=True)
         write_demo_dataset(args.data, seed=args.data_seed, n_fine=N_FINE)
-    results = run(
+    run_experiment_file(
         args.experiment,
         args,
         {DATA: str(args.data)},
@@ -87,7 +84,7 @@ def main() -> None:
         header=False,
         class_names=list(CLASS_NAMES),
     )
-    print(f"wrote {results}, {results.with_suffix('.json')}, {results.parent / PER_CLASS}")
+
 
 if __name__ == "__main__":
     try:

@@ -53,14 +53,15 @@ from geodistill.data.labels import read_label
 from geodistill.errors import GeodistillError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from demo_coarse_to_fine import (  # noqa: E402
+from dubai_data import CLASSES, COLOR_MAP, DATA  # noqa: E402
+from experiment_runner import (  # noqa: E402
+    RESOLVED,
     add_run_options,
     check_output,
-    replace_prefix,
-    run,
+    run_experiment_file,
+    set_epochs,
     variant_names,
 )
-from dubai_supervised import CLASSES, COLOR_MAP, DATA  # noqa: E402
 
 EXPERIMENT = Path(__file__).resolve().parent / "dubai_coarse_to_fine.yaml"
 FILE_DATA = "outputs/benchmarks/dubai_c2f/data_scale0.5"
@@ -153,12 +154,9 @@ def prepare(root: Path, work: Path, scale: float, seeds: list[int]) -> Path:
     return data
 
 
-def resolve(
-    raw: dict[str, Any], data: Path, setting: dict[str, Any], args: argparse.Namespace
-) -> dict[str, Any]:
-    """The experiment file ``raw`` for the prepared ``data``, the ``setting``, ``--fine-chips``
-    and ``--coarse-seed``."""
-    raw = replace_prefix(raw, FILE_DATA, str(data))
+def resolve(raw: dict[str, Any], setting: dict[str, Any], args: argparse.Namespace) -> None:
+    """The experiment file ``raw`` (its data paths filled in) for the ``setting``,
+    ``--fine-chips``, ``--coarse-seed`` and the epochs."""
     base = raw["base"]
     data_args = base["data"]["init_args"]
     coarse = data_args["coarse"]["train"]
@@ -171,7 +169,7 @@ def resolve(
     model = base["model"]["init_args"]
     model.pop("arch_kwargs", None)
     model.update(setting["model"])
-    return raw
+    set_epochs(raw, args.teacher_epochs, args.student_epochs)
 
 
 def main() -> None:
@@ -191,23 +189,26 @@ def main() -> None:
         help="one seed of the coarse-label degradation for every run (default: each seed draws "
         "its own, the published protocol)",
     )
-    add_run_options(parser, "outputs/benchmarks/dubai_c2f")
+    add_run_options(parser, "outputs/benchmarks/dubai_c2f", coarse_to_fine=True)
     args = parser.parse_args()
     setting = SETTINGS[args.setting]
     args.teacher_epochs = args.teacher_epochs or setting["teacher_epochs"]
     args.student_epochs = args.student_epochs or setting["student_epochs"]
-    check_output(
-        args.experiment, args.output, variant_names(args.variants), args.overwrite, args.resume
-    )
-    raw = yaml.safe_load(args.experiment.read_text())
-    seeds = list(args.seeds or raw["seeds"])
+    variants = variant_names(args.variants)
+    check_output(args.experiment, args, variants)
+    seeds = list(args.seeds or yaml.safe_load(args.experiment.read_text())["seeds"])
     draws = seeds if args.coarse_seed is None else [args.coarse_seed]
     data = prepare(args.data, args.output, setting["scale"], draws)
-    raw = resolve(raw, data, setting, args)
-    results, table = run(raw, args, CLASSES)
-    print(results.read_text())
-    print(table)
-    print(f"wrote {results}, {results.with_suffix('.json')}, {results.parent / 'per_class.md'}")
+    run_experiment_file(
+        args.experiment,
+        args,
+        {FILE_DATA: str(data)},
+        lambda raw: resolve(raw, setting, args),
+        variants,
+        resolved_name=RESOLVED,
+        header=False,
+        class_names=CLASSES,
+    )
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from dubai_data import DATA, DATA_IN_YAML  # noqa: E402
-from experiment_runner import HERE, add_run_options, run  # noqa: E402
+from experiment_runner import HERE, add_run_options, run_experiment_file  # noqa: E402
 
 
 def main() -> None:
@@ -65,7 +65,7 @@ def main() -> None:
             for stream in ("train", "val", "test"):
                 trainer[f"limit_{stream}_batches"] = args.limit_batches
 
-    run(args.experiment, args, {DATA_IN_YAML: str(args.data)}, edit)
+    run_experiment_file(args.experiment, args, {DATA_IN_YAML: str(args.data)}, edit)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,12 @@
 """Running an experiment file from a benchmark script, the one way every such script does it.
 
-A script prepares its data, then :func:`run` takes the experiment file (docs/compare.md): fills
-the prepared paths in (:func:`replace_prefixes`), applies the script's options (``--seeds``, an
-``edit`` of the raw mapping, e.g. :func:`set_epochs`), writes the resolved copy into the output
-folder, checks that folder, runs it with :func:`geodistill.experiments.run_experiment` (exactly
-like ``geodistill compare``) and optionally writes ``per_class.md``
-(:func:`geodistill.reporting.results_table`). :func:`add_run_options` adds the options these
-scripts share.
+A script prepares its data, then :func:`run_experiment_file` takes the experiment file
+(docs/compare.md): fills the prepared paths in (:func:`replace_prefixes`), applies the script's
+options (``--seeds``, an ``edit`` of the raw mapping, e.g. :func:`set_epochs`), writes the
+resolved copy into the output folder, checks that folder, runs it with
+:func:`geodistill.experiments.run_experiment` (exactly like ``geodistill compare``) and optionally
+writes ``per_class.md`` (:func:`geodistill.reporting.results_table`). :func:`add_run_options`
+adds the options these scripts share.
 """
 
 from __future__ import annotations
@@ -31,6 +31,9 @@ HERE = Path(__file__).resolve().parent
 PREPARED = "PREPARED"
 """Prefix of the paths of prepared data in an experiment file: the script fills it in."""
 PER_CLASS = "per_class.md"
+RESOLVED = "experiment.resolved.yaml"
+"""The resolved copy's name for the coarse-to-fine scripts (the others keep the file's name); the
+harness copies it to ``experiment.yaml`` with the results."""
 
 
 def replace_prefixes(value: Any, prefixes: dict[str, str]) -> Any:
@@ -109,7 +112,8 @@ def add_run_options(
 
 def check_output(file: Path, args: argparse.Namespace, variants: Sequence[str] = ()) -> None:
     """Refuse ``args.output`` when it holds an earlier run of the experiment ``file`` (unless
-    ``--overwrite``/``--resume``): before any data are prepared. :func:`run` checks it again."""
+    ``--overwrite``/``--resume``): before any data are prepared; :func:`run_experiment_file`
+    checks it again."""
     experiment = load_experiment(file)
     if variants:
         experiment = select_variants(experiment, variants)
@@ -138,7 +142,7 @@ def write_per_class(experiment: Experiment, results: Path, class_names: Sequence
     return table
 
 
-def run(
+def run_experiment_file(
     template: Path,
     args: argparse.Namespace,
     prefixes: dict[str, str],
@@ -156,7 +160,8 @@ def run(
     ``<output>/<resolved_name>`` (default: the template's name; with ``header``, two comment
     lines naming the command and how to rerun it with ``geodistill compare --config``) once the
     output folder passed its check; only ``variants`` run when given (the baseline among them).
-    With ``class_names``, also writes and prints ``per_class.md`` (:func:`write_per_class`).
+    With ``class_names``, also writes ``per_class.md`` (:func:`write_per_class`) and prints it and
+    the files written.
     """
     sys.path.insert(0, str(HERE))
     from report import command
@@ -207,4 +212,5 @@ def run(
     print(results.read_text())
     if class_names is not None:
         print(write_per_class(experiment, results, class_names))
+        print(f"wrote {results}, {results.with_suffix('.json')}, {results.parent / PER_CLASS}")
     return results

@@ -36,13 +36,13 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from dubai_supervised import (  # noqa: E402
-    DATA,
+from dubai_data import DATA  # noqa: E402
+from experiment_runner import (  # noqa: E402
     HERE,
     PREPARED,
-    add_harness_options,
+    add_run_options,
     distillation_args,
-    run_benchmark,
+    run_experiment_file,
 )
 
 EXPERIMENT = HERE / "ktda_dubai.yaml"
@@ -170,7 +170,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DATA, help="the Dubai aerial chips")
     parser.add_argument("--experiment", type=Path, default=EXPERIMENT)
-    add_harness_options(parser, "outputs/benchmarks/ktda_dubai")
+    add_run_options(parser, "outputs/benchmarks/ktda_dubai")
     parser.add_argument(
         "--prepared-in",
         type=Path,
@@ -203,7 +203,7 @@ def main() -> None:
     from dubai_coarse_to_fine import prepare
 
     data = prepare(args.data, args.prepared_in or args.output, SETTINGS[args.setting]["scale"], [])
-    results = run_benchmark(
+    results = run_experiment_file(
         args.experiment,
         args,
         {PREPARED: str(data)},

@@ -56,13 +56,13 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from dubai_supervised import (  # noqa: E402
-    DATA,
+from dubai_data import DATA  # noqa: E402
+from experiment_runner import (  # noqa: E402
     HERE,
     PREPARED,
-    add_harness_options,
+    add_run_options,
     distillation_args,
-    run_benchmark,
+    run_experiment_file,
 )
 
 ROOT = HERE.parent
@@ -312,7 +312,7 @@ def remove_caches(output: Path) -> None:
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", nargs="+", choices=list(PROTOCOLS), default=list(PROTOCOLS))
-    add_harness_options(parser, "outputs/benchmarks/semi_supervised")
+    add_run_options(parser, "outputs/benchmarks/semi_supervised")
     parser.add_argument(
         "--ratios", type=float, nargs="+", help="for every --dataset (default: each file's)"
     )
@@ -385,7 +385,7 @@ def main() -> None:
             edit_experiment(raw, name, args, setting)
             pool.extend(pool_images(raw))
 
-        results = run_benchmark(
+        results = run_experiment_file(
             protocol.experiment, args, {PREPARED: str(data)}, edit, args.variants
         )
         (args.output / "teachers.json").write_text(json.dumps(provenance(name, args), indent=2))

@@ -57,7 +57,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from dubai_supervised import CLASSES, DATA, tiles
+from dubai_data import CLASSES, DATA, tiles
 from report import command, hardware, write_results
 
 from geodistill.data import Domain, GeoSegDataModule

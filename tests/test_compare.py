@@ -346,3 +346,19 @@ def test_compare_is_a_listed_command_with_help(capsys):
     assert "  compare " in outcome.out
     outcome = run_cli(capsys, "compare", "--help")
     assert outcome.code == 0 and "paired differences" in " ".join(outcome.out.split())
+
+
+def test_seed_placeholder_becomes_each_runs_seed() -> None:
+    """``${seed}`` (data drawn once per seed) is the run's seed; other placeholders are refused."""
+    from geodistill.errors import GeodistillError
+    from geodistill.experiments.file import stage_references
+    from geodistill.experiments.runs import seeded
+
+    config = {"data": {"init_args": {"coarse": {"train": {"labels": "labels/seed${seed}"}}}}}
+    assert stage_references(config, "variants.v", Path("x.yaml")) == []
+    run = seeded(config, 3)
+    assert run["data"]["init_args"]["coarse"]["train"]["labels"] == "labels/seed3"
+    assert run["data"]["init_args"]["seed"] == 3 and run["seed_everything"] == 3
+    assert config["data"]["init_args"]["coarse"]["train"]["labels"] == "labels/seed${seed}"
+    with pytest.raises(GeodistillError, match=r"unknown reference \$\{sede\}"):
+        stage_references({"labels": "labels/${sede}"}, "variants.v", Path("x.yaml"))
