@@ -362,3 +362,62 @@ def test_seed_placeholder_becomes_each_runs_seed() -> None:
     assert config["data"]["init_args"]["coarse"]["train"]["labels"] == "labels/seed${seed}"
     with pytest.raises(GeodistillError, match=r"unknown reference \$\{sede\}"):
         stage_references({"labels": "labels/${sede}"}, "variants.v", Path("x.yaml"))
+
+
+def test_extra_test_sets_score_every_run_and_stage_again(workspace, tmp_path):
+    """``tests:`` re-tests each run's best checkpoint under data overrides (e.g. the old domain's
+    held-out chips), summarised with paired differences; stages are scored there too."""
+    other = make_dataset(tmp_path / "other", n=3, seed=7)
+    experiment = _experiment(
+        tmp_path,
+        base=str(workspace["root"] / "base.yaml"),
+        seeds=[0],
+        stages={},
+        variants={"plain": {}, "faster": {"model": {"init_args": {"lr": 0.05}}}},
+        tests={
+            "other": {
+                "data": {
+                    "init_args": {
+                        "fine": {
+                            "test": {
+                                "images": str(other / "images"),
+                                "labels": str(other / "labels"),
+                            }
+                        }
+                    }
+                }
+            }
+        },
+    )
+    path = write_config(tmp_path / "experiment.yaml", experiment)
+    with torch_threads(1):
+        assert cli_main(["compare", "--config", str(path)]) == 0
+    report = json.loads((tmp_path / "out" / "results.json").read_text())
+    for run in report["runs"]:
+        assert 0 <= run["metrics"]["other/mIoU"] <= 1 and "test/mIoU" in run["metrics"]
+        assert "tests" not in run  # the record keeps metrics, not the overrides
+        folder = Path(run["folder"])
+        assert (folder / "config.other.yaml").is_file()
+        assert (folder / "test_other" / "test_metrics.json").is_file()
+    assert set(report["tests"]["other"]["base"]) == {"plain", "faster"}
+    text = (tmp_path / "out" / "results.md").read_text()
+    assert "Test set `other`" in text and "| other/mIoU | Δ vs plain |" in text
+    # A test set belongs to the fingerprint: adding one reruns under --resume's refusal.
+    del experiment["tests"]
+    write_config(path, experiment)
+    outcome = cli_main(["compare", "--config", str(path), "--resume"])
+    assert outcome == 2
+
+
+def test_a_test_set_that_fit_would_refuse_is_named_before_any_run(workspace, tmp_path, capsys):
+    experiment = _experiment(
+        tmp_path,
+        base=str(workspace["root"] / "base.yaml"),
+        stages={},
+        variants={"plain": {}},
+        tests={"old": {"data": {"init_args": {"patch_sise": 64}}}},
+    )
+    path = write_config(tmp_path / "experiment.yaml", experiment)
+    outcome = run_cli(capsys, "compare", "--config", str(path))
+    assert_refused(outcome, "tests.old", "patch_sise", "patch_size")
+    assert not (tmp_path / "out").exists()

@@ -30,6 +30,7 @@ TOP_KEYS = (
     "stages",
     "variants",
     "overrides",
+    "tests",
 )
 """The keys an experiment file may have."""
 
@@ -97,6 +98,9 @@ class Experiment:
     overrides: dict[str, Any] = field(default_factory=dict)
     needs: dict[str, tuple[str, ...]] = field(default_factory=dict)
     """Per variant, the stages its overrides refer to."""
+    tests: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Extra test sets, by name: overrides (of the data, mostly) under which every run's best
+    checkpoint is tested again, e.g. held-out chips of the old domain."""
 
 
 def select_variants(experiment: Experiment, names: Sequence[str]) -> Experiment:
@@ -483,6 +487,16 @@ def load_experiment(path: str | Path) -> Experiment:
     for index, name in enumerate(names):
         if names.index(name) != index:
             raise _error(f"budgets[{index}]", f"the budget name {name!r} is used twice", path)
+    tests: dict[str, dict[str, Any]] = {}
+    for name, overrides in _mapping(raw.get("tests"), "tests", path, "test set names").items():
+        key = f"tests.{name}"
+        _check_name(name, key, path)
+        if name in ("test", "val", "train"):
+            raise _error(key, f"{name!r} names a metric prefix already: rename the test set", path)
+        tests[name] = _mapping(overrides, key, path, "config overrides")
+        _check_sections(tests[name], key, path)
+        if refs := stage_references(tests[name], key, path):
+            raise _error(refs[0][0], "a test set cannot use stage checkpoints", path)
     return Experiment(
         path=path,
         base=base,
@@ -495,4 +509,5 @@ def load_experiment(path: str | Path) -> Experiment:
         variants=variants,
         overrides=common,
         needs=needs_of,
+        tests=tests,
     )

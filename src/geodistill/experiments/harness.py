@@ -81,6 +81,8 @@ def check_runs(runs: Sequence[RunSpec], experiment: Experiment) -> None:
             seen.add(group)
             pending = [str(need.checkpoint) for need in run.needs]
             check_run_config(run.resolved_config(), run.where, experiment.path, pending)
+            for name, config in run.test_configs().items():
+                check_run_config(config, f"tests.{name} ({run.where})", experiment.path, pending)
 
 
 def _remove(path: Path) -> None:
@@ -279,9 +281,17 @@ def write_results(
         "summary": summary_json(summary),
         "runs": records,
     }
+    # Each extra test set: the headline metric on it, summarised and paired the same way.
+    suffix = experiment.metric.split("/", 1)[1]
+    extra = {
+        name: summarise(records, f"{name}/{suffix}", experiment.baseline, variants, budgets)
+        for name in experiment.tests
+    }
+    if extra:
+        report["tests"] = {name: summary_json(value) for name, value in extra.items()}
     with atomic_output(folder / RESULTS_JSON) as temporary:
         temporary.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
-    text = markdown(summary, records, header, list(experiment.stages))
+    text = markdown(summary, records, header, list(experiment.stages), extra)
     with atomic_output(folder / RESULTS_MD) as temporary:
         temporary.write_text(text)
     with atomic_output(folder / RESULTS_PNG, suffix=".png") as temporary:

@@ -68,6 +68,8 @@ class RunSpec:
     needs: list[RunSpec] = field(default_factory=list)
     """The stage runs whose checkpoints this run uses."""
     fingerprint: str = ""
+    tests: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Extra test sets (name: overrides) its best checkpoint is also tested on."""
 
     @property
     def key(self) -> str:
@@ -93,7 +95,7 @@ class RunSpec:
         return with_run_paths(substitute(self.config, checkpoints), self.folder)
 
     def record_fields(self) -> dict[str, Any]:
-        return {
+        fields = {
             "kind": self.kind,
             "name": self.name,
             "budget": self.budget,
@@ -101,15 +103,28 @@ class RunSpec:
             "folder": str(self.folder),
             "fingerprint": self.fingerprint,
         }
+        if self.tests:
+            fields["tests"] = self.tests
+        return fields
+
+    def test_configs(self) -> dict[str, dict[str, Any]]:
+        """The config of each extra test set: the run's config with the set's overrides."""
+        resolved = self.resolved_config()
+        return {name: deep_merge(resolved, overrides) for name, overrides in self.tests.items()}
 
 
-def fingerprint(config: dict[str, Any], needs: list[RunSpec]) -> str:
-    """Hash of what decides a run's result: its merged config and the stages it uses."""
-    payload = {
+def fingerprint(
+    config: dict[str, Any], needs: list[RunSpec], tests: dict[str, Any] | None = None
+) -> str:
+    """Hash of what decides a run's result: its merged config, the stages it uses and the extra
+    test sets it is scored on."""
+    payload: dict[str, Any] = {
         "version": FINGERPRINT_VERSION,
         "config": config,
         "stages": {run.name: run.fingerprint for run in needs},
     }
+    if tests:  # absent otherwise: records written before test sets existed stay valid
+        payload["tests"] = tests
     text = json.dumps(payload, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -124,6 +139,11 @@ def seeded(config: dict[str, Any], seed: int) -> dict[str, Any]:
         data["init_args"] = {}
     data["init_args"]["seed"] = seed
     return config
+
+
+def seeded_tests(tests: dict[str, dict[str, Any]], seed: int) -> dict[str, dict[str, Any]]:
+    """The extra test sets' overrides with ``${seed}`` replaced."""
+    return {name: substitute_seed(overrides, seed) for name, overrides in tests.items()}
 
 
 def plan_runs(experiment: Experiment, output: Path) -> list[RunSpec]:
@@ -155,7 +175,8 @@ def plan_runs(experiment: Experiment, output: Path) -> list[RunSpec]:
                     seeded(config, seed),
                     needs,
                 )
-                run.fingerprint = fingerprint(run.config, needs)
+                run.tests = seeded_tests(experiment.tests, seed)
+                run.fingerprint = fingerprint(run.config, needs, run.tests)
                 stage_runs[stage.name, run.budget, seed] = run
                 runs.append(run)
     for name, overrides in experiment.variants.items():
@@ -167,7 +188,8 @@ def plan_runs(experiment: Experiment, output: Path) -> list[RunSpec]:
                 run = RunSpec(
                     "variant", name, budget.name, seed, folder, seeded(config, seed), needs
                 )
-                run.fingerprint = fingerprint(run.config, needs)
+                run.tests = seeded_tests(experiment.tests, seed)
+                run.fingerprint = fingerprint(run.config, needs, run.tests)
                 runs.append(run)
     return runs
 
@@ -315,27 +337,19 @@ def execute_run(
             "fit kept no best checkpoint (was the monitored validation score NaN throughout?)",
             folder,
         )
-    test_root = folder / TEST_FOLDER
-    run_lightning_cli(
-        [
-            "test",
-            "--config",
-            config,
-            "--ckpt_path",
-            str(best),
-            "--verbose",
-            "false",
-            "--trainer.logger",
-            "false",
-            "--trainer.default_root_dir",
-            str(test_root),
-        ],
-        callbacks,
-    )
-    metrics = json.loads((test_root / "test_metrics.json").read_text())
+    scored = _test(config, best, folder / TEST_FOLDER, callbacks)
+    metrics = {f"test/{k}": v for k, v in scored.items()}
+    for name, overrides in (fields.get("tests") or {}).items():
+        # The same checkpoint on another test set: the run's config with the set's overrides.
+        test_config = folder / f"config.{name}.yaml"
+        with atomic_output(test_config) as temporary:
+            merged = deep_merge(yaml.safe_load((folder / RUN_CONFIG).read_text()), overrides)
+            temporary.write_text(yaml.safe_dump(merged, sort_keys=False))
+        scored = _test(str(test_config), best, folder / f"test_{name}", callbacks)
+        metrics.update({f"{name}/{k}": v for k, v in scored.items()})
     record = {
-        **fields,
-        "metrics": {f"test/{k}": v for k, v in metrics.items()},
+        **{k: v for k, v in fields.items() if k != "tests"},
+        "metrics": metrics,
         "checkpoint": str(best),
         "last_checkpoint": str(folder / "checkpoints" / "last.ckpt"),
         "config": config,
@@ -344,6 +358,29 @@ def execute_run(
     with atomic_output(folder / RUN_RECORD) as temporary:
         temporary.write_text(json.dumps(record, indent=2, allow_nan=False) + "\n")
     return record
+
+
+def _test(config: str, checkpoint: Path, root: Path, callbacks: Sequence[Any]) -> dict[str, float]:
+    """``geodistill test`` of ``checkpoint`` under ``config`` into ``root``; its metrics."""
+    from geodistill.cli.lightning_cli import run_lightning_cli  # what `geodistill test` runs
+
+    run_lightning_cli(
+        [
+            "test",
+            "--config",
+            config,
+            "--ckpt_path",
+            str(checkpoint),
+            "--verbose",
+            "false",
+            "--trainer.logger",
+            "false",
+            "--trainer.default_root_dir",
+            str(root),
+        ],
+        callbacks,
+    )
+    return json.loads((root / "test_metrics.json").read_text())
 
 
 def read_record(run: RunSpec) -> dict[str, Any] | None:

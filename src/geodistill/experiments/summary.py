@@ -193,9 +193,12 @@ def markdown(
     runs: Sequence[Mapping[str, Any]],
     header: Mapping[str, str],
     stages: Sequence[str] = (),
+    tests: Mapping[str, Summary] | None = None,
 ) -> str:
     """``results.md``: the header lines, then per budget the headline table (mean ± std, paired
-    difference to the baseline) and the mean of every summary test metric."""
+    difference to the baseline), the headline metric on each extra test set, and the mean of
+    every summary test metric; the stages with their scores on every test set."""
+    tests = dict(tests or {})
     lines = ["# geodistill compare", ""]
     lines += [f"{key}: {value}  " for key, value in header.items()]
     lines[-1] = lines[-1].rstrip()
@@ -224,6 +227,19 @@ def markdown(
             lines.append(
                 f"| {variant} | {format_mean_std(spread)} | {delta} | {spread.n} | {mean_s} |"
             )
+        for test, extra in tests.items():
+            lines += [
+                "",
+                f"Test set `{test}` (the same checkpoints):",
+                "",
+                f"| variant | {extra.metric} | Δ vs {extra.baseline} | seeds |",
+                "|---|---|---|---|",
+            ]
+            for variant in extra.variants:
+                spread = extra.spreads[budget][variant]
+                difference = extra.differences[budget].get(variant)
+                delta = "–" if difference is None else format_difference(difference)
+                lines.append(f"| {variant} | {format_mean_std(spread)} | {delta} | {spread.n} |")
         keys = [f"test/{k}" for k in SUMMARY_KEYS]
         lines += ["", "All summary test metrics (mean over seeds, %):", ""]
         lines += ["| variant | " + " | ".join(k.removeprefix("test/") for k in keys) + " |"]
@@ -235,17 +251,26 @@ def markdown(
                 cells.append(f"{SCALE * np.mean(list(values.values())):.2f}" if values else "–")
             lines.append(f"| {variant} | " + " | ".join(cells) + " |")
     if stages:
-        lines += ["", "## stages", "", f"| stage | budget | {name} | seeds |", "|---|---|---|---|"]
-        groups: dict[tuple[str, str], dict[int, float]] = {}
+        names = [name, *(extra.metric for extra in tests.values())]
+        lines += [
+            "",
+            "## stages",
+            "",
+            "| stage | budget | " + " | ".join(names) + " | seeds |",
+            "|---|---|" + "---|" * len(names) + "---|",
+        ]
+        groups: dict[tuple[str, str], dict[str, dict[int, float]]] = {}
         for run in runs:
             if run.get("kind") == "stage":
-                value = run["metrics"].get(name)
                 group = groups.setdefault((run["name"], run["budget"] or "shared"), {})
-                if value is not None and math.isfinite(value):
-                    group[int(run["seed"])] = float(value)
+                for key in names:
+                    value = run["metrics"].get(key)
+                    if value is not None and math.isfinite(value):
+                        group.setdefault(key, {})[int(run["seed"])] = float(value)
         for (stage, budget), values in groups.items():
-            spread = Spread(values)
-            lines.append(f"| {stage} | {budget} | {format_mean_std(spread)} | {spread.n} |")
+            spreads = [Spread(values.get(key, {})) for key in names]
+            cells = " | ".join(format_mean_std(spread) for spread in spreads)
+            lines.append(f"| {stage} | {budget} | {cells} | {spreads[0].n} |")
     return "\n".join(lines) + "\n"
 
 
