@@ -14,8 +14,11 @@ The data are the 18 hand-labelled Sen1Floods11 chips in ``../shared/data/sen1flo
 * fine domain: three other Bolivia chips with hand labels (``FINE_CHIPS``, each 3-6 % water);
   per seed, one is drawn for checkpoint selection (``val_fraction`` 1/3) and the other two train
   (``train_limit: 2``);
-* coarse domain: the remaining nine chips (``COARSE_CHIPS``: six Bolivia chips, India, Spain,
-  USA) with WEAK labels made from the bands by spectral-index thresholds, the way Sen1Floods11's
+* old domain: two coarse-domain chips (``OLD_DOMAIN_CHIPS``: Bolivia_103757, Spain_7370579)
+  kept out of every training set and scored with their hand labels (the experiment's
+  ``old_domain`` test set): what a student kept of the coarse domain, beside its teacher;
+* coarse domain: the remaining seven chips (``COARSE_CHIPS``: five Bolivia chips, India, USA)
+  with WEAK labels made from the bands by spectral-index thresholds, the way Sen1Floods11's
   own weak labels (``S2IndexLabelWeak``, "derived from traditional Sentinel-2 classification",
   i.e. water-index thresholds) were made: NDWI = (B3 - B8) / (B3 + B8) and MNDWI =
   (B3 - B11) / (B3 + B11) on the stored values, water where MNDWI > 0 or NDWI > 0, dry elsewhere,
@@ -87,15 +90,17 @@ TEST_CHIPS = [
     "Bolivia_432776",
 ]
 FINE_CHIPS = ["Bolivia_23014", "Bolivia_294583", "Bolivia_60373"]
+OLD_DOMAIN_CHIPS = ["Bolivia_103757", "Spain_7370579"]
+"""Coarse-domain chips kept out of every training set: with their hand labels they score what a
+student kept of the old (coarse) domain, beside its teacher (the experiment's ``old_domain``
+test set)."""
 COARSE_CHIPS = [
-    "Bolivia_103757",
     "Bolivia_195474",
     "Bolivia_233925",
     "Bolivia_312675",
     "Bolivia_379434",
     "Bolivia_76104",
     "India_900498",
-    "Spain_7370579",
     "USA_430764",
 ]
 BANDS = {"B3": 2, "B8": 7, "B11": 11}
@@ -109,8 +114,9 @@ WEAK_RULE = {
     "nodata": "any band == 0 (image nodata), or a zero denominator",
 }
 RECIPE = {
-    "version": 1,
+    "version": 2,
     "test": TEST_CHIPS,
+    "old_domain": OLD_DOMAIN_CHIPS,
     "fine": FINE_CHIPS,
     "coarse": COARSE_CHIPS,
     "weak_rule": WEAK_RULE,
@@ -193,7 +199,13 @@ def prepare(root: Path, data: Path) -> dict[str, Any]:
         raise GeodistillError("no such folder (the Sen1Floods11 hand-labelled chips)", missing[0])
     per_chip: dict[str, Any] = {}
     totals: dict[str, int] = {}
-    for split, chips in (("test", TEST_CHIPS), ("fine", FINE_CHIPS), ("coarse", COARSE_CHIPS)):
+    splits = (
+        ("test", TEST_CHIPS),
+        ("fine", FINE_CHIPS),
+        ("coarse", COARSE_CHIPS),
+        ("old_domain", OLD_DOMAIN_CHIPS),
+    )
+    for split, chips in splits:
         for chip in chips:
             source = root / "S2Hand" / f"{chip}_S2Hand.tif"
             with rasterio.open(source) as src:
