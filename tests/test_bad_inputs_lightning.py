@@ -218,6 +218,15 @@ CASES: dict[str, Callable[..., Case]] = {
     "misspelt nested key": edited(
         fine("val_fracton", 0.2), "data.init_args.fine.val_fracton", "did you mean val_fraction?"
     ),
+    "misspelt nested mapping key": edited(
+        fine("tset", {}), "data.init_args.fine.tset: unknown key (did you mean test?)"
+    ),
+    "misspelt key of a source": edited(
+        lambda c: c["data"]["init_args"]["fine"]["train"].__setitem__(
+            "lables", c["data"]["init_args"]["fine"]["train"].pop("labels")
+        ),
+        "data.init_args.fine.train.lables: unknown key (did you mean labels?)",
+    ),
     "misspelt model key": edited(
         init("model", "learning_rate", 0.1), "model.init_args.learning_rate", "unknown key"
     ),

@@ -180,6 +180,41 @@ def _field_class(cls: type | None, name: str) -> type | None:
     return None
 
 
+def unknown_nested_key(
+    config: dict[str, Any], bases: dict[str, type | None]
+) -> tuple[list[str], str] | None:
+    """The first key of a config file that a dataclass argument does not have (a data domain's
+    ``val_fracton``, a source's ``lables``), as ``(key path, problem)``.
+
+    jsonargparse drops such keys silently, so a typo there would change nothing and say nothing.
+    """
+
+    def walk(value: Any, cls: type, keys: list[str]) -> tuple[list[str], str] | None:
+        fields = _parameters(cls)
+        for key, item in value.items():
+            if key not in fields:
+                return [*keys, str(key)], "unknown key" + _did_you_mean(str(key), fields)
+            inner = _field_class(cls, key)
+            if inner is not None and dataclasses.is_dataclass(inner) and isinstance(item, dict):
+                found = walk(item, inner, [*keys, str(key)])
+                if found:
+                    return found
+        return None
+
+    for section, base in bases.items():
+        block = config.get(section)
+        if not isinstance(block, dict) or not isinstance(block.get("init_args"), dict):
+            continue
+        cls = _import(str(block["class_path"])) if "class_path" in block else base
+        for key, item in block["init_args"].items():
+            inner = _field_class(cls, key)
+            if inner is not None and dataclasses.is_dataclass(inner) and isinstance(item, dict):
+                found = walk(item, inner, [section, "init_args", str(key)])
+                if found:
+                    return found
+    return None
+
+
 def _did_you_mean(word: str, choices: Sequence[str]) -> str:
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f" (did you mean {close[0]}?)" if close else ""

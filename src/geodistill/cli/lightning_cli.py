@@ -30,6 +30,7 @@ from geodistill.cli.config_errors import (
     merge_configs,
     normal_keys,
     short_types,
+    unknown_nested_key,
 )
 from geodistill.data import GeoSegDataModule
 from geodistill.errors import GeodistillError, user_error
@@ -112,6 +113,11 @@ class GeodistillCLI(LightningCLI):
         for path in config_files(argv):
             if not is_inline(path):
                 self.configs[path] = load_config_file(path)
+        bases = {"model": self._model_class, "data": self._datamodule_class}
+        for path, loaded in self.configs.items():
+            if found := unknown_nested_key(loaded, bases):
+                keys, problem = found
+                raise GeodistillError(f"{'.'.join(keys)}: {problem}", path)
         try:
             super().parse_arguments(parser, args)
         except ArgumentError as error:
