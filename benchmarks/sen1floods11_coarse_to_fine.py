@@ -52,31 +52,33 @@ Writes ``<output>/results.{json,md,png}`` (mean ± std over seeds, paired Δ vs 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
-import shlex
 import sys
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import rasterio
-import yaml
 
 from geodistill.errors import GeodistillError
-from geodistill.experiments import load_experiment, run_experiment, select_variants
-from geodistill.experiments.harness import check_output_folder
-from geodistill.reporting import results_table
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from experiment_runner import (  # noqa: E402
+    RESOLVED,
+    add_run_options,
+    check_output,
+    run_experiment_file,
+    set_epochs,
+    variant_names,
+)
+
 EXPERIMENT = HERE / "sen1floods11_coarse_to_fine.yaml"
 DATA = HERE.parent.parent / "shared" / "data" / "sen1floods11_hand"
 DEFAULT_OUTPUT = "outputs/benchmarks/sen1floods11_c2f"
 FILE_DATA = f"{DEFAULT_OUTPUT}/data"
 """The prepared data folder the experiment file names (the default output's)."""
-RESOLVED = "experiment.resolved.yaml"
 SUMMARY = "prepared.json"
 CLASSES = ["dry", "water"]
 IGNORE = 255
@@ -239,50 +241,6 @@ def prepare(root: Path, data: Path) -> dict[str, Any]:
     return summary
 
 
-def replace_prefix(value: Any, old: str, new: str) -> Any:
-    """``value`` with every string starting with the path ``old`` starting with ``new``."""
-    if isinstance(value, dict):
-        return {key: replace_prefix(item, old, new) for key, item in value.items()}
-    if isinstance(value, list):
-        return [replace_prefix(item, old, new) for item in value]
-    if isinstance(value, str) and (value == old or value.startswith(old + "/")):
-        return new + value[len(old) :]
-    return value
-
-
-def set_epochs(raw: dict[str, Any], teacher: int | None, student: int | None) -> None:
-    """``student`` epochs for the base config, ``teacher`` epochs for every stage or variant
-    that sets its own (the teacher, joint); None keeps the file's."""
-    if student is not None:
-        raw["base"].setdefault("trainer", {})["max_epochs"] = student
-    if teacher is None:
-        return
-    runs = [stage.get("overrides") or {} for stage in (raw.get("stages") or {}).values()]
-    runs += list((raw.get("variants") or {}).values())
-    for overrides in runs:
-        if "max_epochs" in (overrides.get("trainer") or {}):
-            overrides["trainer"]["max_epochs"] = teacher
-
-
-def write_per_class(results: Path, order: list[str]) -> str:
-    """``per_class.md`` next to ``results``: per-class IoU per method, mean ± std over seeds."""
-    records = json.loads(results.with_suffix(".json").read_text())["runs"]
-    per_seed: dict[int, dict[str, dict[str, float]]] = {}
-    for record in records:
-        metrics = {k.removeprefix("test/"): v for k, v in record["metrics"].items()}
-        metrics = {k: float("nan") if v is None else v for k, v in metrics.items()}
-        per_seed.setdefault(int(record["seed"]), {})[record["name"]] = metrics
-    present = {name for runs in per_seed.values() for name in runs}
-    table = results_table(
-        [per_seed[s] for s in sorted(per_seed)], CLASSES, [n for n in order if n in present]
-    )
-    (results.parent / "per_class.md").write_text(
-        "Test metrics per method, mean ± std over seeds "
-        f"{', '.join(map(str, sorted(per_seed)))} (%; per-class columns are IoU).\n\n{table}"
-    )
-    return table
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0],
@@ -298,88 +256,26 @@ def main() -> None:
         default=DATA,
         help="Sen1Floods11 hand-labelled chips (S2Hand/, LabelHand/; default: %(default)s)",
     )
-    parser.add_argument("--output", type=Path, default=Path(DEFAULT_OUTPUT), help="output folder")
-    parser.add_argument(
-        "--seeds", type=int, nargs="+", help="training seeds (default: the experiment file's)"
-    )
-    parser.add_argument(
-        "--variants",
-        help="comma-separated variants to run, e.g. fine_only,attentive (with the stages they "
-        "use; the baseline fine_only must be among them). Default: every variant",
-    )
-    parser.add_argument("--teacher-epochs", type=int, help="stage 1 and joint epochs")
-    parser.add_argument("--student-epochs", type=int, help="stage 2 and fine_only epochs")
-    parser.add_argument(
-        "--jobs", type=int, default=1, help="runs at once, each a subprocess on one thread"
-    )
-    earlier = parser.add_mutually_exclusive_group()
-    earlier.add_argument(
-        "--overwrite", action="store_true", help="remove an earlier run of the experiment first"
-    )
-    earlier.add_argument(
-        "--resume", action="store_true", help="keep the finished runs of the same config"
-    )
+    add_run_options(parser, DEFAULT_OUTPUT, coarse_to_fine=True)
     args = parser.parse_args()
-    variants = [name for name in (args.variants or "").split(",") if name]
-
-    template = load_experiment(args.experiment)  # a bad file or --variants: before any work
-    if variants:
-        template = select_variants(template, variants)
-    output = check_output_folder(args.output, template, args.overwrite, args.resume, "--output")
-    summary = prepare(args.data, output / "data")
+    variants = variant_names(args.variants)
+    check_output(args.experiment, args, variants)  # a bad file or folder: before any work
+    summary = prepare(args.data, args.output / "data")
     agree = summary["weak_vs_hand_on_coarse_chips"]["all_chips"]
     print(
-        f"data: {output / 'data'}; weak labels vs hand labels on the coarse chips: pixel "
+        f"data: {args.output / 'data'}; weak labels vs hand labels on the coarse chips: pixel "
         f"accuracy {agree['pixel_accuracy']:.4f}, water IoU {agree['water_iou']:.4f}",
         flush=True,
     )
-
-    raw = replace_prefix(
-        yaml.safe_load(args.experiment.read_text()), FILE_DATA, str(output / "data")
+    run_experiment_file(
+        args.experiment,
+        args,
+        {FILE_DATA: str(args.output / "data")},
+        lambda raw: set_epochs(raw, args.teacher_epochs, args.student_epochs),
+        variants,
+        resolved_name=RESOLVED,
+        class_names=CLASSES,
     )
-    if args.seeds:
-        raw["seeds"] = list(args.seeds)
-    set_epochs(raw, args.teacher_epochs, args.student_epochs)
-    raw["output"] = str(output)
-    line = shlex.join([sys.executable, *sys.argv])
-    resolved = output / RESOLVED
-    staging = output / f".{RESOLVED}.tmp"
-    staging.write_text(
-        f"# {args.experiment.name}, resolved by: {line}\n"
-        f"# rerun: geodistill compare --config {resolved}"
-        + (f" --variants {','.join(variants)}" if variants else "")
-        + " --resume\n"
-        + yaml.safe_dump(copy.deepcopy(raw), sort_keys=False)
-    )
-    try:
-        experiment = load_experiment(staging)
-        if variants:
-            experiment = select_variants(experiment, variants)
-        check_output_folder(output, experiment, args.overwrite, args.resume, "--output")
-    except BaseException:
-        staging.unlink(missing_ok=True)
-        raise
-    os.replace(staging, resolved)
-    experiment = replace(experiment, path=resolved)
-    argv = sys.argv
-    sys.argv = argv[:1]  # the runs' LightningCLI reads its arguments, not this script's
-    try:
-        results = run_experiment(
-            experiment,
-            output,
-            overwrite=args.overwrite,
-            resume=args.resume,
-            jobs=args.jobs,
-            command=line,
-            option="--output",
-        )
-    finally:
-        sys.argv = argv
-    print(results.read_text())
-    order = [experiment.baseline, *experiment.stages]
-    order += [name for name in experiment.variants if name not in order]
-    print(write_per_class(results, order))
-    print(f"wrote {results}, {results.with_suffix('.json')}, {results.parent / 'per_class.md'}")
 
 
 if __name__ == "__main__":
