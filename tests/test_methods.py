@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import torch
-from fixtures_small import CLASSES, cli_main, config_dict, write_config
+from fixtures_small import CLASSES, TINY_MODEL, cli_main, config_dict, write_config
 
 from geodistill.errors import GeodistillError
 from geodistill.methods import (
@@ -82,9 +82,7 @@ def test_the_hyper_parameters_rebuild_the_same_task(
         num_classes=2,
         class_names=CLASSES,
         band_names=BANDS,
-        arch="unet",
-        encoder="tu-resnet18",
-        arch_kwargs={"encoder_depth": 3, "decoder_channels": [16, 8, 8]},
+        **TINY_MODEL,
         distillation=_methods(teacher)[name],
     )
     recorded = task.hparams["distillation"]
@@ -173,9 +171,7 @@ def test_the_architecture_page_example_method_trains_through_the_task(
             num_classes=2,
             class_names=CLASSES,
             band_names=BANDS,
-            arch="unet",
-            encoder="tu-resnet18",
-            arch_kwargs={"encoder_depth": 3, "decoder_channels": [16, 8, 8]},
+            **TINY_MODEL,
             distillation=method,
         )
         torch.manual_seed(0)

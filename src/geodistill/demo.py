@@ -36,6 +36,7 @@ from geodistill.data.synthetic import DemoDataset, write_demo_dataset
 from geodistill.experiments import load_experiment, run_experiment
 from geodistill.export import export_student
 from geodistill.inference import InferenceOptions, SceneOutputs, load_predictor, predict_scene
+from geodistill.methods import CoarseToFine
 from geodistill.metrics import format_metric, metrics_to_json
 from geodistill.progress import PlannedRun, RunProgress, format_duration, quiet_libraries
 from geodistill.reporting import results_table, save_panels
@@ -92,9 +93,7 @@ def demo_fit_config(data: DemoDataset, epochs: dict[str, int] | None = None) -> 
 def _coarse_to_fine(**settings: Any) -> dict[str, Any]:
     """A variant distilling the seed's stage-1 teacher (``CoarseToFine`` with ``settings``)."""
     init_args = {"teacher": "${stages.coarse_only.checkpoint}", **settings}
-    distills = (
-        init_args.get("feature_weight", 1.0) > 0 or init_args.get("prediction_weight", 1.0) > 0
-    )
+    distills = CoarseToFine(**init_args).active  # settings only: no teacher is read here
     variant: dict[str, Any] = {
         "model": {
             "init_args": {

@@ -8,7 +8,6 @@ cached: every method uses it, so all three treat teachers alike.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
 
@@ -67,10 +66,6 @@ class FrozenTeachers:
         if not self.built:
             raise GeodistillError("the teachers were not built (distillation is switched off)")
         return list(self._teachers)
-
-    def records(self) -> list[dict[str, Any]]:
-        """The specs as plain mappings: what checkpoints and hyper-parameters record."""
-        return [asdict(spec) for spec in self.specs]
 
     # ------------------------------------------------------------------------------ running
 

@@ -137,7 +137,7 @@ class KnowledgeTransfer(Distillation):
         self.spec = spec
         self.modulation = config
         self.record_settings(
-            teacher=_spec_record(spec),
+            teacher=asdict(spec),
             student_levels=levels,
             distill_weight=distill_weight,
             alpha=alpha,
@@ -293,10 +293,6 @@ class KnowledgeTransfer(Distillation):
                 if name in weights:
                     loss = loss + weights[name] * value
         return Step(loss, logs, len(images))
-
-
-def _spec_record(spec: TeacherSpec) -> dict[str, Any]:
-    return asdict(spec)
 
 
 def _probe(model: Any, in_channels: int) -> SegmentationOutput:

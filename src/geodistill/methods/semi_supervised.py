@@ -231,7 +231,7 @@ class SemiSupervised(Distillation):
         self.specs = specs
         self.strong = view
         self.record_settings(
-            teachers=[_record(spec) for spec in specs],
+            teachers=[asdict(spec) for spec in specs],
             threshold=threshold,
             ema_decay=ema_decay,
             unsup_weight=unsup_weight,
@@ -468,10 +468,6 @@ class SemiSupervised(Distillation):
         distill = torch.stack(terms).mean()
         logs["loss_distill"] = distill.detach()
         return distill
-
-
-def _record(spec: TeacherSpec) -> dict[str, Any]:
-    return asdict(spec)
 
 
 def _new_ema(model: nn.Module, decay: float) -> AveragedModel:
