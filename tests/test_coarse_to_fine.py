@@ -32,6 +32,7 @@ from geodistill.errors import GeodistillError
 from geodistill.experiment import fit_and_test
 from geodistill.export import export_student
 from geodistill.losses.attention import distillation_attention
+from geodistill.losses.calibration import fit_logit_calibration
 from geodistill.losses.distillation import prediction_distillation
 from geodistill.methods import CoarseToFine
 from geodistill.reporting import results_table
@@ -642,3 +643,73 @@ def test_results_table_reports_mean_std_and_gap_recovered():
         "attentive",
         "fine_only",
     ]
+
+
+# --------------------------------------------------------------------------------------------
+# calibrating the teacher to the fine labels
+
+
+def test_logit_calibration_recovers_a_known_temperature_and_bias():
+    # Labels drawn from a known posterior: log-odds 4m - 0.847 for margins m ~ N(±2, 1) and a
+    # 30 % prior. The teacher's logit is 3(m + 1.5): the exact fix is T = 0.75, bias -6.85.
+    generator = torch.Generator().manual_seed(0)
+    labels = (torch.rand(50_000, generator=generator) < 0.3).long()
+    margin = torch.where(labels == 1, 2.0, -2.0) + torch.randn(50_000, generator=generator)
+    logits = torch.stack([torch.zeros_like(margin), 3 * (margin + 1.5)], 1)
+    calibration = fit_logit_calibration(logits, labels)
+    assert calibration.temperature == pytest.approx(0.75, rel=0.05)
+    assert calibration.bias[0] == 0
+    assert calibration.bias[1].item() == pytest.approx(-6.85, abs=0.3)
+    maps = logits.T.reshape(1, 2, 500, 100)  # applied to (B, K, H, W) maps per class
+    expected = maps / calibration.temperature + calibration.bias.view(1, 2, 1, 1)
+    assert torch.allclose(calibration(maps), expected)
+
+
+def test_logit_calibration_leaves_absent_classes_and_empty_input_alone():
+    logits = torch.randn(100, 3)
+    labels = torch.zeros(100, dtype=torch.long)
+    labels[:30] = 1  # class 2 never labelled
+    calibration = fit_logit_calibration(logits, labels)
+    assert calibration.bias[2] == 0
+    empty = fit_logit_calibration(torch.zeros(0, 3), torch.zeros(0, dtype=torch.long))
+    assert empty.temperature == 1.0 and torch.equal(empty.bias, torch.zeros(3))
+
+
+def test_calibrated_teacher_is_fitted_on_the_fine_training_chips(teacher_ckpt, data, batch):
+    datamodule = build_datamodule(data, unlabeled_from="coarse")
+    datamodule.setup("fit")
+    chips = datamodule.whole_chips("fine", "train")
+    assert len(chips) == 3 and chips[0]["image"].shape[-2:] == (64, 64)  # whole, 1 of 4 is val
+    task = make_task(teacher_ckpt, calibrate=True)
+    calibration = method(task).fit_calibration(chips)
+    assert calibration.temperature > 0 and calibration.bias[0] == 0
+    # the calibrated teacher scores the fine training labels no worse than the raw one
+    logits, labels = [], []
+    for i in range(len(chips)):
+        raw = method(task)._teacher_outputs(chips[i]["image"][None], calibrated=False).logits
+        keep = chips[i]["mask"] != IGNORE
+        logits.append(raw[0].permute(1, 2, 0)[keep])
+        labels.append(chips[i]["mask"][keep])
+    logits, labels = torch.cat(logits), torch.cat(labels)
+    raw_loss = torch.nn.functional.cross_entropy(logits, labels)
+    assert torch.nn.functional.cross_entropy(calibration(logits), labels) <= raw_loss + 1e-6
+    # once set, training uses the calibrated logits (and logs the fitted values)
+    method(task).calibration = calibration
+    images = batch["labeled"]["image"]
+    raw = method(task)._teacher_outputs(images, calibrated=False).logits
+    assert torch.allclose(method(task)._teacher_outputs(images).logits, calibration(raw))
+
+
+def test_fit_with_calibration_logs_the_teacher_temperature(teacher_ckpt, data, tmp_path):
+    L.seed_everything(0, verbose=False)
+    datamodule = build_datamodule(data, unlabeled_from="coarse")
+    task = make_task(teacher_ckpt, calibrate=True, lr=0.01, warmup_fraction=0.0)
+    quiet_fit(task, datamodule, tmp_path / "run", max_epochs=1)
+    assert method(task).calibration is not None
+    with open(next((tmp_path / "run").rglob("metrics.csv"))) as f:
+        rows = list(csv.DictReader(f))
+    logged = [
+        float(r["train/teacher_temperature"]) for r in rows if r.get("train/teacher_temperature")
+    ]
+    assert logged and logged[0] == pytest.approx(method(task).calibration.temperature)
+    assert task.hparams.distillation["init_args"]["calibrate"] is True

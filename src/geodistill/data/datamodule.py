@@ -274,6 +274,14 @@ class GeoSegDataModule(L.LightningDataModule):
             )
         return dataset
 
+    def whole_chips(self, domain: str, split: Split) -> Dataset:
+        """The chips of ``data.<domain>``'s ``split`` whole and un-augmented, as evaluation reads
+        them: how a method looks at labelled data outside the training loop (e.g. to calibrate a
+        teacher on the fine training labels) without drawing random crops."""
+        if domain not in self.splits:
+            raise GeodistillError(f"data.{domain} is not set")
+        return self._dataset(domain, split, train=False)
+
     def serve(self, stream: TrainingStream, dataset: Dataset) -> None:
         """Train on ``dataset`` instead of the ``stream`` set it was made from (a teacher cache's
         windows of it), until the next ``setup``. How a distillation method asks for data in

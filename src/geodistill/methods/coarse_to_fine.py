@@ -24,6 +24,7 @@ from torch import Tensor
 
 from geodistill.errors import GeodistillError
 from geodistill.losses.attention import distillation_attention
+from geodistill.losses.calibration import LogitCalibration, fit_logit_calibration
 from geodistill.losses.distillation import FeatureDistillation, prediction_distillation
 from geodistill.methods.base import (
     DataContext,
@@ -67,6 +68,11 @@ class CoarseToFine(Distillation):
         attention: ``attentive`` (per-pixel trust map) or ``uniform`` (plain distillation).
         boundary_width, confidence_power: shape of the attentive map.
         unlabeled_weight: weight of the distillation terms on unlabelled-image batches.
+        calibrate: before training, fit a temperature and a per-class bias of the teacher's
+            logits to the fine training labels (:mod:`geodistill.losses.calibration`), and
+            distil (and build the attention map from) the calibrated teacher: its decision
+            boundary moves to where the exact labels put it, instead of where the coarse labels
+            did.
     """
 
     unlabeled = "optional"
@@ -83,6 +89,7 @@ class CoarseToFine(Distillation):
         boundary_width: int = 4,
         confidence_power: float = 1.0,
         unlabeled_weight: float = 1.0,
+        calibrate: bool = False,
     ) -> None:
         super().__init__()
         check_non_negative(
@@ -105,7 +112,9 @@ class CoarseToFine(Distillation):
             boundary_width=boundary_width,
             confidence_power=confidence_power,
             unlabeled_weight=unlabeled_weight,
+            calibrate=bool(calibrate),
         )
+        self.calibration: LogitCalibration | None = None
         self.teachers: FrozenTeachers | None = None
         self.feature_distillation: FeatureDistillation | None = None
         self._class_order: Tensor | None = None
@@ -215,13 +224,36 @@ class CoarseToFine(Distillation):
 
     def on_fit_start(self, task: SegmentationTask) -> None:
         self.teacher.to(task.device)
+        datamodule = getattr(task.trainer, "datamodule", None)
+        if self.settings["calibrate"] and self.active and datamodule is not None:
+            self.calibration = self.fit_calibration(datamodule.whole_chips("fine", "train"))
+
+    def fit_calibration(self, chips: Any, max_pixels: int = 200_000) -> LogitCalibration:
+        """Fit the teacher's calibration on the labelled, valid pixels of ``chips`` (whole
+        fine-domain training chips), at most ``max_pixels`` of them drawn with a fixed seed."""
+        logits, labels = [], []
+        device = self.teacher.band_indices.device
+        for i in range(len(chips)):
+            item = chips[i]
+            image = item["image"][None].to(device)
+            mask = item["mask"].to(device)
+            output = self._teacher_outputs(image, calibrated=False).logits[0]
+            keep = (mask != self.ignore_index) & ~torch.isnan(image[0]).any(0)
+            logits.append(output.permute(1, 2, 0)[keep].float().cpu())
+            labels.append(mask[keep].cpu())
+        all_logits, all_labels = torch.cat(logits), torch.cat(labels)
+        if len(all_labels) > max_pixels:
+            generator = torch.Generator().manual_seed(0)
+            chosen = torch.randperm(len(all_labels), generator=generator)[:max_pixels]
+            all_logits, all_labels = all_logits[chosen], all_labels[chosen]
+        return fit_logit_calibration(all_logits, all_labels)
 
     def teacher_record(self) -> Any:
         return self.settings["teacher"]
 
     # ----------------------------------------------------------------------------- training
 
-    def _teacher_outputs(self, images: Tensor) -> SegmentationOutput:
+    def _teacher_outputs(self, images: Tensor, calibrated: bool = True) -> SegmentationOutput:
         teacher_model = self.teacher.network.model  # type: ignore[union-attr]
         if self.teacher.band_indices.device != images.device:
             self.teacher.to(images.device)
@@ -229,7 +261,10 @@ class CoarseToFine(Distillation):
             output = teacher_model.forward_features(images)
         assert self._class_order is not None
         order = self._class_order.to(output.logits.device)
-        return SegmentationOutput(output.features, output.decoder, output.logits[:, order])
+        logits = output.logits[:, order]
+        if calibrated and self.calibration is not None:
+            logits = self.calibration(logits)
+        return SegmentationOutput(output.features, output.decoder, logits)
 
     def _terms(
         self, student: SegmentationOutput, teacher: SegmentationOutput, images: Tensor, mask: Tensor
@@ -297,6 +332,10 @@ class CoarseToFine(Distillation):
                     logs[f"{part}_{name}"] = value.detach()
                     if name in weights:
                         loss = loss + scale * weights[name] * value
+            if self.calibration is not None:
+                logs["teacher_temperature"] = torch.tensor(self.calibration.temperature)
+                for k, bias in enumerate(self.calibration.bias):
+                    logs[f"teacher_bias_{k}"] = bias
         return Step(loss, logs, size)
 
 
