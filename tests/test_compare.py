@@ -7,6 +7,7 @@ hand-made numbers.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
@@ -223,6 +224,18 @@ def test_progress_announces_every_run_and_resume_reports_the_kept_ones(workspace
         for i, name in enumerate(names, start=1)
     ]
     assert {p: p.stat().st_mtime_ns for p in records} == before  # nothing ran again
+    # A test set added: every run is announced as re-testing on it.
+    experiment.tests = {"again": _test_set(workspace["data"])}
+    stream = io.StringIO()
+    with torch_threads(1):
+        run_experiment(
+            experiment, tmp_path / "out", resume=True, progress=RunProgress(stream=stream)
+        )
+    lines = [line for line in stream.getvalue().splitlines() if line.startswith("run ")]
+    assert [re.sub(r" \(about .* left\)$", "", line) for line in lines] == [
+        f"run {i}/3: {key} — re-testing on again (trained in an earlier run)"
+        for i, key in enumerate(keys, start=1)
+    ]
 
 
 # --------------------------------------------------------------------------------------------
@@ -364,49 +377,125 @@ def test_seed_placeholder_becomes_each_runs_seed() -> None:
         stage_references({"labels": "labels/${sede}"}, "variants.v", Path("x.yaml"))
 
 
-def test_extra_test_sets_score_every_run_and_stage_again(workspace, tmp_path):
+def _test_set(data: Path) -> dict[str, Any]:
+    """An extra test set's overrides: test on the chips of ``data``."""
+    test = {"images": str(data / "images"), "labels": str(data / "labels")}
+    return {"data": {"init_args": {"fine": {"test": test}}}}
+
+
+def _old_fingerprint(run: Any) -> str:
+    """How records were fingerprinted before each test set had its own fingerprint: the config,
+    the stages' (old) fingerprints and the test sets in one hash."""
+    payload: dict[str, Any] = {
+        "version": 1,
+        "config": run.config,
+        "stages": {need.name: _old_fingerprint(need) for need in run.needs},
+    }
+    if run.tests:
+        payload["tests"] = run.tests
+    text = json.dumps(payload, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _score_directly(folder: Path, test_set: dict[str, Any], root: Path) -> dict[str, float]:
+    """``geodistill test`` of the run's best checkpoint on another test set, by hand."""
+    config = yaml.safe_load((folder / "config.yaml").read_text())
+    config["data"]["init_args"]["fine"]["test"] = test_set["data"]["init_args"]["fine"]["test"]
+    path = write_config(root / "config.yaml", config)
+    best = folder / "checkpoints" / "best.ckpt"
+    args = ["test", "--config", str(path), "--ckpt_path", str(best), "--verbose", "false"]
+    args += ["--trainer.logger", "false", "--trainer.default_root_dir", str(root)]
+    with torch_threads(1):
+        assert cli_main(args) == 0
+    return json.loads((root / "test_metrics.json").read_text())
+
+
+def _checkpoints(out: Path) -> dict[Path, tuple[int, bytes]]:
+    return {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(out.rglob("*.ckpt"))}
+
+
+def _no_training(monkeypatch) -> None:
+    def execute_run(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr("geodistill.experiments.harness.execute_run", execute_run)
+
+
+def test_extra_test_sets_score_every_run_and_stage_again(workspace, tmp_path, capsys, monkeypatch):
     """``tests:`` re-tests each run's best checkpoint under data overrides (e.g. the old domain's
-    held-out chips), summarised with paired differences; stages are scored there too."""
+    held-out chips), summarised with paired differences; stages are scored there too. Records
+    written before each test set had its own fingerprint are still kept under ``--resume``."""
     other = make_dataset(tmp_path / "other", n=3, seed=7)
     experiment = _experiment(
         tmp_path,
         base=str(workspace["root"] / "base.yaml"),
         seeds=[0],
-        stages={},
-        variants={"plain": {}, "faster": {"model": {"init_args": {"lr": 0.05}}}},
-        tests={
-            "other": {
-                "data": {
-                    "init_args": {
-                        "fine": {
-                            "test": {
-                                "images": str(other / "images"),
-                                "labels": str(other / "labels"),
-                            }
-                        }
-                    }
-                }
-            }
-        },
+        variants={"plain": {}, "distilled": DISTILLED},
+        tests={"other": _test_set(other)},
     )
     path = write_config(tmp_path / "experiment.yaml", experiment)
     with torch_threads(1):
         assert cli_main(["compare", "--config", str(path)]) == 0
-    report = json.loads((tmp_path / "out" / "results.json").read_text())
+    out = tmp_path / "out"
+    report = json.loads((out / "results.json").read_text())
     for run in report["runs"]:
         assert 0 <= run["metrics"]["other/mIoU"] <= 1 and "test/mIoU" in run["metrics"]
-        assert "tests" not in run  # the record keeps metrics, not the overrides
+        assert "tests" not in run  # the record keeps metrics and fingerprints, not the overrides
+        assert list(run["test_fingerprints"]) == ["other"]
         folder = Path(run["folder"])
         assert (folder / "config.other.yaml").is_file()
         assert (folder / "test_other" / "test_metrics.json").is_file()
-    assert set(report["tests"]["other"]["base"]) == {"plain", "faster"}
-    text = (tmp_path / "out" / "results.md").read_text()
+    assert set(report["tests"]["other"]["base"]) == {"plain", "distilled"}
+    text = (out / "results.md").read_text()
     assert "Test set `other`" in text and "| other/mIoU | Δ vs plain |" in text
-    # A test set belongs to the fingerprint: adding one reruns under --resume's refusal.
-    del experiment["tests"]
+    assert "| stage | budget | test/mIoU | other/mIoU | seeds |" in text
+
+    # Records as earlier versions wrote them: one fingerprint of config, stages and test sets.
+    runs = plan_runs(load_experiment(path), out)
+    for run in runs:
+        record = json.loads((run.folder / "run.json").read_text())
+        del record["test_fingerprints"]
+        record["fingerprint"] = _old_fingerprint(run)
+        assert record["fingerprint"] != run.fingerprint
+        (run.folder / "run.json").write_text(json.dumps(record))
+    _no_training(monkeypatch)
+    # A changed training setting is still refused, naming the way out for changed test sets.
+    changed = write_config(
+        tmp_path / "changed.yaml", {**experiment, "overrides": {"trainer": {"max_epochs": 2}}}
+    )
+    before = tree_state(out)
+    outcome = run_cli(capsys, "compare", "--config", changed, "--resume")
+    assert_refused(outcome, "stages/teacher/seed0", "another configuration", "--overwrite")
+    assert "--resume once with the test sets it was run with" in outcome.err
+    assert tree_state(out) == before
+    # The same file: kept, nothing trained or tested; the records take today's fingerprints.
+    outcome = run_cli(capsys, "compare", "--config", path, "--resume")
+    assert outcome.code == 0, outcome.err
+    assert "3 finished run(s) kept, 0 to run" in outcome.out and "re-test" not in outcome.out
+    for run in runs:
+        record = json.loads((run.folder / "run.json").read_text())
+        assert record["fingerprint"] == run.fingerprint
+        assert record["test_fingerprints"] == run.test_fingerprints
+    assert json.loads((out / "results.json").read_text())["runs"] == [
+        {**run, "fingerprint": spec.fingerprint}
+        for run, spec in zip(report["runs"], runs, strict=True)
+    ]
+    # Old records with a test set added: only the new one is scored.
+    for run in runs:
+        record = json.loads((run.folder / "run.json").read_text())
+        del record["test_fingerprints"]
+        record["fingerprint"] = _old_fingerprint(run)
+        (run.folder / "run.json").write_text(json.dumps(record))
+    experiment["tests"]["again"] = _test_set(other)
     write_config(path, experiment)
-    outcome = cli_main(["compare", "--config", str(path), "--resume"])
-    assert outcome == 2
+    with torch_threads(1):
+        outcome = run_cli(capsys, "compare", "--config", path, "--resume")
+    assert outcome.code == 0, outcome.err
+    assert "3 to re-test" in outcome.out and "re-testing on again (" in outcome.out
+    for run, before in zip(runs, report["runs"], strict=True):
+        metrics = json.loads((run.folder / "run.json").read_text())["metrics"]
+        assert {k: v for k, v in metrics.items() if not k.startswith("again/")} == before["metrics"]
+        assert metrics["again/mIoU"] == pytest.approx(before["metrics"]["other/mIoU"])
 
 
 def test_a_test_set_that_fit_would_refuse_is_named_before_any_run(workspace, tmp_path, capsys):
@@ -421,3 +510,98 @@ def test_a_test_set_that_fit_would_refuse_is_named_before_any_run(workspace, tmp
     outcome = run_cli(capsys, "compare", "--config", str(path))
     assert_refused(outcome, "tests.old", "patch_sise", "patch_size")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_test_set_added_changed_or_removed_is_scored_without_training(
+    workspace, tmp_path, capsys, monkeypatch
+):
+    """``--resume`` with a new test set scores every finished run's recorded checkpoint on it and
+    trains nothing; a test set with changed overrides is scored again (here by ``--jobs 2``
+    subprocesses); a removed one leaves the records and the tables."""
+    experiment = _experiment(
+        tmp_path,
+        base=str(workspace["root"] / "base.yaml"),
+        seeds=[0],
+        stages={},
+        variants={"plain": {}, "faster": {"model": {"init_args": {"lr": 0.05}}}},
+    )
+    path = write_config(tmp_path / "experiment.yaml", experiment)
+    with torch_threads(1):
+        assert cli_main(["compare", "--config", str(path)]) == 0
+    out = tmp_path / "out"
+    checkpoints = _checkpoints(out)
+    assert len(checkpoints) == 4  # best and last of both variants
+    logs = sorted(out.rglob("metrics.csv"))  # a fit would add a CSV log
+    _no_training(monkeypatch)
+
+    other = make_dataset(tmp_path / "other", n=3, seed=7)
+    experiment["tests"] = {"other": _test_set(other)}
+    write_config(path, experiment)
+    with torch_threads(1):
+        outcome = run_cli(capsys, "compare", "--config", path, "--resume")
+    assert outcome.code == 0, outcome.err
+    assert "2 finished run(s) kept, 0 to run, 2 to re-test on new or changed test sets" in (
+        outcome.out
+    )
+    assert outcome.out.count(": re-testing on other (trained in an earlier run)") == 2
+    assert _checkpoints(out) == checkpoints and sorted(out.rglob("metrics.csv")) == logs
+    report = json.loads((out / "results.json").read_text())
+    assert report["tests"]["other"]["base"]["plain"]["n"] == 1
+    for run in report["runs"]:
+        folder = Path(run["folder"])
+        direct = _score_directly(folder, _test_set(other), tmp_path / "direct" / run["name"])
+        assert {k: run["metrics"][f"other/{k}"] for k in direct} == direct
+        assert run["test_fingerprints"] == {"other": run["test_fingerprints"]["other"]}
+        values = report["tests"]["other"]["base"][run["name"]]["values"]
+        assert values == {"0": direct["mIoU"]}
+    text = (out / "results.md").read_text()
+    assert (
+        "Test set `other` (the same checkpoints)" in text and "| other/mIoU | Δ vs plain |" in text
+    )
+    assert "0 run(s) run now and 2 re-tested (2 in all)" in text
+
+    # Changed overrides: scored again, in worker processes.
+    first = {run["folder"]: run for run in report["runs"]}
+    moved = make_dataset(tmp_path / "moved", n=3, seed=8)
+    experiment["tests"] = {"other": _test_set(moved)}
+    write_config(path, experiment)
+    outcome = run_cli(capsys, "compare", "--config", path, "--resume", "--jobs", "2")
+    assert outcome.code == 0, outcome.err
+    assert "2 to re-test" in outcome.out and outcome.out.count("re-tested, other/mIoU") == 2
+    assert _checkpoints(out) == checkpoints and sorted(out.rglob("metrics.csv")) == logs
+    for run in json.loads((out / "results.json").read_text())["runs"]:
+        folder = Path(run["folder"])
+        direct = _score_directly(folder, _test_set(moved), tmp_path / "moved_direct" / run["name"])
+        assert {k: run["metrics"][f"other/{k}"] for k in direct} == direct
+        assert (
+            run["test_fingerprints"]["other"] != first[run["folder"]]["test_fingerprints"]["other"]
+        )
+        assert run["seconds"] == first[run["folder"]]["seconds"]  # the training time stays
+        assert "geodistill: error" not in (folder / "run.log").read_text()  # the worker's output
+
+    # Removed: gone from the records and the tables; nothing is scored.
+    del experiment["tests"]
+    write_config(path, experiment)
+    outcome = run_cli(capsys, "compare", "--config", path, "--resume")
+    assert outcome.code == 0, outcome.err
+    assert "2 finished run(s) kept, 0 to run" in outcome.out and "re-test" not in outcome.out
+    report = json.loads((out / "results.json").read_text())
+    assert "tests" not in report
+    for run in report["runs"]:
+        assert all(key.startswith("test/") for key in run["metrics"])
+        assert run["test_fingerprints"] == {}
+        assert json.loads((Path(run["folder"]) / "run.json").read_text()) == run
+    assert "other" not in (out / "results.md").read_text()
+
+
+def test_resume_refuses_a_changed_training_setting_whatever_the_test_sets(done, capsys):
+    changed = _experiment(
+        done["root"],
+        overrides={"trainer": {"max_epochs": 2}},
+        tests={"again": {"data": {"init_args": {"batch_size": 2}}}},
+    )
+    path = write_config(done["root"] / "changed_training.yaml", changed)
+    before = tree_state(done["out"])
+    outcome = run_cli(capsys, "compare", "--config", path, "--resume")
+    assert_refused(outcome, "stages/teacher/seed0", "another configuration", "--overwrite")
+    assert tree_state(done["out"]) == before

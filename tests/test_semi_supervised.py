@@ -595,7 +595,12 @@ def test_fits_from_a_config_with_two_teachers_and_fusion(fused, teacher_ckpt):
     assert any(k.startswith("distillation.ema.module.fusion.") for k in keys)
     assert not [k for k in keys if k.startswith("distillation.translators.")]  # in the fusion
     fusion = checkpoint["hyper_parameters"]["arch_kwargs"]["fusion"]
-    assert fusion == {"widths": [128, 256], "hidden": None, "student_weight": 0.8}
+    assert fusion == {
+        "widths": [128, 256],
+        "hidden": None,
+        "student_weight": 0.8,
+        "mixing": "learned",
+    }
     specs = checkpoint["geodistill"]["teacher"]
     assert [s["kind"] for s in specs] == ["geodistill", "timm"]
     assert specs[0]["path"] == str(teacher_ckpt)

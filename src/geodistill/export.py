@@ -9,11 +9,19 @@ and class names, normalisation, tile size), so it predicts without any teacher f
   ONNX Runtime's output checked against PyTorch's before the file is written;
 - ``.onnx`` with ``quantize="int8"``: that float model statically quantized on a few real chips
   and checked against the float model (:mod:`geodistill.quantize`).
+
+The network exported is the one the checkpoint deploys: a method may record another network than
+the training student (the semi-supervised method's EMA copy, say) under ``geodistill.deployed``
+(``network``, ``state_prefix``: where its weights are in the state dict). Its weights are then
+written as the plain student's ``model.*`` (the same architecture), and the exported checkpoint
+keeps the record (without the prefix) in ``geodistill.deployed``; an ONNX file carries it as
+JSON under the ``geodistill_deployed`` metadata key.
 """
 
 from __future__ import annotations
 
 import inspect
+import json
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +36,7 @@ from geodistill.models.checkpoint import (
     ONNX_METADATA_KEY,
     ModelCard,
     card_from_checkpoint,
+    deployed_checkpoint,
     freeze,
     network_from_checkpoint,
     read_checkpoint,
@@ -45,6 +54,9 @@ ONNX_TOLERANCE = 1e-4
 
 ONNX_CHECK_SIZE = 64
 """Side of the random check tile (with a nodata corner) run through both backends."""
+
+ONNX_DEPLOYED_KEY = "geodistill_deployed"
+"""ONNX metadata key of the checkpoint's ``geodistill.deployed`` record (when it has one)."""
 
 
 def export_student(
@@ -85,7 +97,7 @@ def _read_source(
     refuse_existing([output], overwrite)
     if tile_size is not None and tile_size < 1:
         raise GeodistillError(f"tile size must be positive, got {tile_size}")
-    source = read_checkpoint(checkpoint)
+    source = deployed_checkpoint(read_checkpoint(checkpoint), checkpoint)
     if tile_size is not None:
         source.setdefault("geodistill", {})["tile_size"] = tile_size
     return source
@@ -190,6 +202,10 @@ def _export_onnx(source: dict[str, Any], path: Path, output: Path) -> None:
         model = onnx.load(str(temporary))
         entry = model.metadata_props.add()
         entry.key, entry.value = ONNX_METADATA_KEY, card.to_json()
+        deployed = source.get("geodistill", {}).get("deployed")
+        if deployed:
+            entry = model.metadata_props.add()
+            entry.key, entry.value = ONNX_DEPLOYED_KEY, json.dumps(deployed, sort_keys=True)
         model.producer_name = "geodistill"
         onnx.save(model, str(temporary))
         # A single smaller tile as well: an exporter that fixed the batch or tile size while

@@ -5,7 +5,8 @@ the output folder (refused when it holds an earlier experiment unless ``--overwr
 ``--resume``), every run's merged config (parsed like ``geodistill fit`` would), and under
 ``--resume`` every finished run's fingerprint. Runs go in-process one after the other, or with
 ``jobs > 1`` as that many subprocesses on one thread each; a run starts only once the stage runs
-it uses have finished.
+it uses have finished. A finished run kept by ``--resume`` whose extra test sets are new or
+changed is re-tested the same way (its recorded checkpoint scored on them, nothing trained).
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from geodistill.experiments.runs import (
     execute_run,
     plan_runs,
     read_record,
+    retest_run,
+    write_record,
     write_run_config,
 )
 from geodistill.experiments.summary import figure, machine, markdown, summarise, summary_json
@@ -102,22 +105,47 @@ def _headline(record: dict[str, Any], metric: str) -> str:
     return f"done in {record['seconds']:.0f} s, {metric} {shown}"
 
 
+def _retesting(names: Sequence[str]) -> str:
+    return f"re-testing on {', '.join(names)} (trained in an earlier run)"
+
+
+def _retested(record: dict[str, Any], names: Sequence[str], metric: str) -> str:
+    suffix = metric.split("/", 1)[1]
+    scores = []
+    for name in names:
+        value = record["metrics"].get(f"{name}/{suffix}")
+        scores.append(f"{name}/{suffix} {'nan' if value is None else f'{100 * value:.2f}'}")
+    return "re-tested, " + ", ".join(scores)
+
+
 def _run_sequentially(
-    todo: list[RunSpec], metric: str, progress: RunProgress | None = None
+    todo: list[RunSpec],
+    metric: str,
+    progress: RunProgress | None = None,
+    retests: dict[str, list[str]] | None = None,
 ) -> dict[str, dict[str, Any]]:
+    """Each run of ``todo`` in this process: trained and tested, or (``retests``: run key ->
+    test sets) only its recorded checkpoint scored on those test sets."""
+    retests = retests or {}
     records = {}
     for index, run in enumerate(todo, start=1):
+        names = retests.get(run.key)
         callbacks: list[Any] = []
         if progress is None:
-            _progress(index, len(todo), run, "running")
+            _progress(index, len(todo), run, _retesting(names) if names else "running")
         else:
-            callbacks = progress.start(run.name, run.key)
+            callbacks = progress.start(run.name, run.key, _retesting(names) if names else "")
         write_run_config(run)
-        records[run.key] = execute_run(run.folder, run.record_fields(), callbacks)
-        if progress is None:
-            _progress(index, len(todo), run, _headline(records[run.key], metric))
+        if names:
+            records[run.key] = retest_run(run.folder, run.retest_fields(names), callbacks)
         else:
+            records[run.key] = execute_run(run.folder, run.record_fields(), callbacks)
+        if progress is not None:
             progress.finish()
+        elif names:
+            _progress(index, len(todo), run, _retested(records[run.key], names, metric))
+        else:
+            _progress(index, len(todo), run, _headline(records[run.key], metric))
     return records
 
 
@@ -137,9 +165,15 @@ def _failure(run: RunSpec, code: int) -> GeodistillError:
 
 
 def _run_in_parallel(
-    todo: list[RunSpec], jobs: int, finished: set[str], metric: str
+    todo: list[RunSpec],
+    jobs: int,
+    finished: set[str],
+    metric: str,
+    retests: dict[str, list[str]] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Up to ``jobs`` subprocesses (one thread each); a run waits for the stage runs it uses."""
+    """Up to ``jobs`` subprocesses (one thread each); a run waits for the stage runs it uses.
+    ``retests`` (run key -> test sets): runs whose recorded checkpoint is only scored on those."""
+    retests = retests or {}
     records: dict[str, dict[str, Any]] = {}
     pending = list(todo)
     running: dict[str, tuple[subprocess.Popen[bytes], RunSpec, Any]] = {}
@@ -155,10 +189,14 @@ def _run_in_parallel(
                     continue
                 pending.remove(run)
                 count += 1
-                _progress(count, len(todo), run, "started")
+                names = retests.get(run.key)
+                _progress(count, len(todo), run, _retesting(names) if names else "started")
                 write_run_config(run)
-                log = (run.folder / RUN_LOG).open("wb")
-                fields = json.dumps(run.record_fields())
+                log = (run.folder / RUN_LOG).open("ab" if names else "wb")  # a re-test appends
+                if names:
+                    fields = json.dumps({**run.retest_fields(names), "retest": True})
+                else:
+                    fields = json.dumps(run.record_fields())
                 command = [sys.executable, "-m", "geodistill.experiments.worker"]
                 process = subprocess.Popen(
                     [*command, str(run.folder), fields],
@@ -180,7 +218,9 @@ def _run_in_parallel(
                     raise _failure(run, code)
                 records[key] = json.loads((run.folder / RUN_RECORD).read_text())
                 done.add(key)
-                print(f"  {key}: {_headline(records[key], metric)}", flush=True)
+                names = retests.get(key)
+                line = _retested(records[key], names, metric) if names else None
+                print(f"  {key}: {line or _headline(records[key], metric)}", flush=True)
     finally:
         for process, _, log in running.values():  # a failure or Ctrl-C: stop the others
             process.terminate()
@@ -203,7 +243,8 @@ def run_experiment(
     and write ``results.json``, ``results.md`` and ``results.png``; returns ``results.md``.
 
     ``progress`` (one job only) announces each run by name and shows its progress line instead
-    of the plain ``[i/n]`` lines; runs kept by ``resume`` are announced as skipped.
+    of the plain ``[i/n]`` lines; runs kept by ``resume`` are announced as skipped, or as
+    re-testing when their extra test sets are new or changed.
     """
     if output is None:
         if experiment.output is None:
@@ -215,33 +256,46 @@ def run_experiment(
     runs = plan_runs(experiment, folder)
     check_runs(runs, experiment)
     finished: dict[str, dict[str, Any]] = {}
+    retests: dict[str, list[str]] = {}  # kept runs to score on new or changed test sets
+    changed: list[RunSpec] = []
     if resume:
         for run in runs:
-            record = read_record(run)  # refuses a run of another config before anything runs
-            if record is not None:
-                finished[run.key] = record
+            found = read_record(run)  # refuses a run of another config before anything runs
+            if found is not None:
+                finished[run.key] = found.record
+                if found.retest:
+                    retests[run.key] = found.retest
+                if found.changed:
+                    changed.append(run)
     # Every check has passed: clear what is replaced, then run.
     stale = experiment_outputs(folder, experiment) if overwrite else []
     stale += [run.folder for run in runs if run.key not in finished and run.folder.exists()]
     for path in stale:
         _remove(path)
+    for run in changed:  # test sets gone or changed: their scores leave the record first
+        write_record(run.folder, finished[run.key])
     folder.mkdir(parents=True, exist_ok=True)
-    todo = [run for run in runs if run.key not in finished]
+    todo = [run for run in runs if run.key not in finished or run.key in retests]
+    trained = len(todo) - len(retests)
     if finished and progress is None:
-        print(f"--resume: {len(finished)} finished run(s) kept, {len(todo)} to run", flush=True)
+        line = f"--resume: {len(finished)} finished run(s) kept, {trained} to run"
+        if retests:
+            line += f", {len(retests)} to re-test on new or changed test sets"
+        print(line, flush=True)
     if progress is not None:
         progress.total = len(runs)
         for run in runs:
-            if run.key in finished:
+            if run.key in finished and run.key not in retests:
                 progress.skip(run.name, "complete in an earlier run, kept (--resume)")
     start = time.perf_counter()
     if jobs == 1 or len(todo) <= 1 or progress is not None:
-        finished.update(_run_sequentially(todo, experiment.metric, progress))
+        finished.update(_run_sequentially(todo, experiment.metric, progress, retests))
     else:
-        finished.update(_run_in_parallel(todo, jobs, set(finished), experiment.metric))
+        done = set(finished)
+        finished.update(_run_in_parallel(todo, jobs, done, experiment.metric, retests))
     seconds = time.perf_counter() - start
     records = [finished[run.key] for run in runs]
-    return write_results(experiment, folder, records, command, seconds, len(todo))
+    return write_results(experiment, folder, records, command, seconds, trained, len(retests))
 
 
 def write_results(
@@ -251,20 +305,23 @@ def write_results(
     command: str,
     seconds: float,
     ran: int | None = None,
+    retested: int = 0,
 ) -> Path:
     """``results.json`` (every run), ``results.md`` and ``results.png``, each written atomically,
-    and a copy of the experiment file."""
+    and a copy of the experiment file. ``ran``: the runs trained now (default: all);
+    ``retested``: the finished runs only re-tested now."""
     budgets = [b.name for b in experiment.budgets]
     variants = list(experiment.variants)
     summary = summarise(records, experiment.metric, experiment.baseline, variants, budgets)
     ran = len(records) if ran is None else ran
+    now = f"{ran} run(s) run now" + (f" and {retested} re-tested" if retested else "")
     header = {
         "Experiment": f"`{experiment.path}`",
         "Command": f"`{command}`" if command else "–",
         "Machine": machine(),
         "Date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "Seeds": ", ".join(str(s) for s in experiment.seeds),
-        "Wall time": f"{seconds:.0f} s for the {ran} run(s) run now ({len(records)} in all)",
+        "Wall time": f"{seconds:.0f} s for the {now} ({len(records)} in all)",
     }
     report = {
         "experiment": str(experiment.path),

@@ -8,9 +8,11 @@ LightningCLI's ``fit`` on that config, then its ``test`` on the best checkpoint 
 ``geodistill fit`` and ``geodistill test`` do), finished by ``run.json``, written atomically: a
 run without it did not finish.
 
-The fingerprint of a run hashes its merged config before the folder paths go in (and the
-fingerprints of the stages it uses), so ``--resume`` recognises a finished run wherever the
-output folder is, and refuses one made from another config.
+The fingerprint of a run hashes what decides its checkpoint: its merged config before the folder
+paths go in and the fingerprints of the stages it uses, so ``--resume`` recognises a finished run
+wherever the output folder is, and refuses one trained from another config. Each extra test set
+has its own fingerprint (its overrides), recorded per set in ``run.json``: a finished run whose
+test sets changed is re-tested from its recorded checkpoint (:func:`retest_run`), not retrained.
 """
 
 from __future__ import annotations
@@ -68,8 +70,14 @@ class RunSpec:
     needs: list[RunSpec] = field(default_factory=list)
     """The stage runs whose checkpoints this run uses."""
     fingerprint: str = ""
+    """What decides the checkpoint (:func:`fingerprint`): the extra test sets are not in it."""
     tests: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Extra test sets (name: overrides) its best checkpoint is also tested on."""
+
+    @property
+    def test_fingerprints(self) -> dict[str, str]:
+        """Each extra test set's fingerprint (:func:`fingerprint_of_test_set`), by name."""
+        return {name: fingerprint_of_test_set(overrides) for name, overrides in self.tests.items()}
 
     @property
     def key(self) -> str:
@@ -102,10 +110,19 @@ class RunSpec:
             "seed": self.seed,
             "folder": str(self.folder),
             "fingerprint": self.fingerprint,
+            "test_fingerprints": self.test_fingerprints,
         }
         if self.tests:
             fields["tests"] = self.tests
         return fields
+
+    def retest_fields(self, names: Sequence[str]) -> dict[str, Any]:
+        """What :func:`retest_run` needs to score the test sets ``names`` (their overrides and
+        fingerprints) on the recorded checkpoint."""
+        return {
+            "tests": {name: self.tests[name] for name in names},
+            "test_fingerprints": {name: self.test_fingerprints[name] for name in names},
+        }
 
     def test_configs(self) -> dict[str, dict[str, Any]]:
         """The config of each extra test set: the run's config with the set's overrides."""
@@ -113,20 +130,37 @@ class RunSpec:
         return {name: deep_merge(resolved, overrides) for name, overrides in self.tests.items()}
 
 
-def fingerprint(
-    config: dict[str, Any], needs: list[RunSpec], tests: dict[str, Any] | None = None
-) -> str:
-    """Hash of what decides a run's result: its merged config, the stages it uses and the extra
-    test sets it is scored on."""
-    payload: dict[str, Any] = {
-        "version": FINGERPRINT_VERSION,
-        "config": config,
-        "stages": {run.name: run.fingerprint for run in needs},
-    }
-    if tests:  # absent otherwise: records written before test sets existed stay valid
-        payload["tests"] = tests
+def _hash(payload: dict[str, Any]) -> str:
     text = json.dumps(payload, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _run_fingerprint(
+    config: dict[str, Any], stages: dict[str, str], tests: dict[str, Any] | None = None
+) -> str:
+    payload: dict[str, Any] = {"version": FINGERPRINT_VERSION, "config": config, "stages": stages}
+    if tests:  # only in records written before test sets had their own fingerprints
+        payload["tests"] = tests
+    return _hash(payload)
+
+
+def fingerprint(config: dict[str, Any], needs: list[RunSpec]) -> str:
+    """Hash of what decides a run's checkpoint: its merged config and the stages it uses (the
+    same hash as a record written before test sets existed)."""
+    return _run_fingerprint(config, {run.name: run.fingerprint for run in needs})
+
+
+def fingerprint_of_test_set(overrides: dict[str, Any]) -> str:
+    """Hash of an extra test set's (seeded) overrides: what decides its scores, given the run."""
+    return _hash({"version": FINGERPRINT_VERSION, "test": overrides})
+
+
+def _earlier_fingerprint(run: RunSpec, names: Sequence[str]) -> str:
+    """The fingerprint earlier versions recorded: config, stages and the test sets ``names``
+    together (so a record of theirs is recognised)."""
+    tests = {name: run.tests[name] for name in names}
+    stages = {need.name: _earlier_fingerprint(need, names) for need in run.needs}
+    return _run_fingerprint(run.config, stages, tests)
 
 
 def seeded(config: dict[str, Any], seed: int) -> dict[str, Any]:
@@ -176,7 +210,7 @@ def plan_runs(experiment: Experiment, output: Path) -> list[RunSpec]:
                     needs,
                 )
                 run.tests = seeded_tests(experiment.tests, seed)
-                run.fingerprint = fingerprint(run.config, needs, run.tests)
+                run.fingerprint = fingerprint(run.config, needs)
                 stage_runs[stage.name, run.budget, seed] = run
                 runs.append(run)
     for name, overrides in experiment.variants.items():
@@ -189,7 +223,7 @@ def plan_runs(experiment: Experiment, output: Path) -> list[RunSpec]:
                     "variant", name, budget.name, seed, folder, seeded(config, seed), needs
                 )
                 run.tests = seeded_tests(experiment.tests, seed)
-                run.fingerprint = fingerprint(run.config, needs, run.tests)
+                run.fingerprint = fingerprint(run.config, needs)
                 runs.append(run)
     return runs
 
@@ -339,14 +373,7 @@ def execute_run(
         )
     scored = _test(config, best, folder / TEST_FOLDER, callbacks)
     metrics = {f"test/{k}": v for k, v in scored.items()}
-    for name, overrides in (fields.get("tests") or {}).items():
-        # The same checkpoint on another test set: the run's config with the set's overrides.
-        test_config = folder / f"config.{name}.yaml"
-        with atomic_output(test_config) as temporary:
-            merged = deep_merge(yaml.safe_load((folder / RUN_CONFIG).read_text()), overrides)
-            temporary.write_text(yaml.safe_dump(merged, sort_keys=False))
-        scored = _test(str(test_config), best, folder / f"test_{name}", callbacks)
-        metrics.update({f"{name}/{k}": v for k, v in scored.items()})
+    metrics.update(_score_test_sets(folder, best, fields.get("tests") or {}, callbacks))
     record = {
         **{k: v for k, v in fields.items() if k != "tests"},
         "metrics": metrics,
@@ -355,9 +382,57 @@ def execute_run(
         "config": config,
         "seconds": round(time.perf_counter() - start, 2),
     }
-    with atomic_output(folder / RUN_RECORD) as temporary:
-        temporary.write_text(json.dumps(record, indent=2, allow_nan=False) + "\n")
+    write_record(folder, record)
     return record
+
+
+def retest_run(
+    folder: Path, fields: dict[str, Any], callbacks: Sequence[Any] = ()
+) -> dict[str, Any]:
+    """Score the recorded checkpoint of the finished run in ``folder`` on the extra test sets of
+    ``fields`` (:meth:`RunSpec.retest_fields`) and update its ``run.json``: their metrics and
+    fingerprints replace any earlier ones, the rest of the record (training time included) is
+    kept. Nothing is trained."""
+    record = json.loads((folder / RUN_RECORD).read_text())
+    tests: dict[str, dict[str, Any]] = fields.get("tests") or {}
+    scored = _score_test_sets(folder, Path(str(record["checkpoint"])), tests, callbacks)
+    metrics = {k: v for k, v in record["metrics"].items() if _test_set_of(k) not in tests}
+    record["metrics"] = {**metrics, **scored}
+    record["test_fingerprints"] = {
+        **(record.get("test_fingerprints") or {}),
+        **fields["test_fingerprints"],
+    }
+    write_record(folder, record)
+    return record
+
+
+def write_record(folder: Path, record: dict[str, Any]) -> Path:
+    """Write ``<folder>/run.json`` atomically: the run finished."""
+    path = folder / RUN_RECORD
+    with atomic_output(path) as temporary:
+        temporary.write_text(json.dumps(record, indent=2, allow_nan=False) + "\n")
+    return path
+
+
+def _test_set_of(metric: str) -> str:
+    """The test set a recorded metric belongs to: ``test`` or an extra set's name."""
+    return metric.split("/", 1)[0]
+
+
+def _score_test_sets(
+    folder: Path, checkpoint: Path, tests: dict[str, dict[str, Any]], callbacks: Sequence[Any]
+) -> dict[str, Any]:
+    """``checkpoint`` tested on each extra test set: the run's config with the set's overrides
+    (``config.<name>.yaml``), into ``test_<name>/``; the metrics as ``<name>/<metric>``."""
+    metrics: dict[str, Any] = {}
+    for name, overrides in tests.items():
+        test_config = folder / f"config.{name}.yaml"
+        with atomic_output(test_config) as temporary:
+            merged = deep_merge(yaml.safe_load((folder / RUN_CONFIG).read_text()), overrides)
+            temporary.write_text(yaml.safe_dump(merged, sort_keys=False))
+        scored = _test(str(test_config), checkpoint, folder / f"test_{name}", callbacks)
+        metrics.update({f"{name}/{k}": v for k, v in scored.items()})
+    return metrics
 
 
 def _test(config: str, checkpoint: Path, root: Path, callbacks: Sequence[Any]) -> dict[str, float]:
@@ -383,20 +458,76 @@ def _test(config: str, checkpoint: Path, root: Path, callbacks: Sequence[Any]) -
     return json.loads((root / "test_metrics.json").read_text())
 
 
-def read_record(run: RunSpec) -> dict[str, Any] | None:
+@dataclass
+class Finished:
+    """A finished run ``--resume`` keeps."""
+
+    record: dict[str, Any]
+    """Its record as it is now: the current fingerprints, no metrics of test sets that are gone
+    or changed."""
+    retest: list[str]
+    """Its extra test sets not yet scored with their current overrides (new or changed)."""
+    changed: bool
+    """``record`` differs from ``run.json`` (a test set is gone or changed, or an earlier
+    version wrote it): write it before anything runs."""
+
+
+def _scored_test_sets(
+    run: RunSpec, record: dict[str, Any], recorded_sets: set[str]
+) -> list[str] | None:
+    """The run's extra test sets the record scored with their current overrides, or ``None``
+    when the record is of another training config (or stages). ``recorded_sets``: the extra test
+    sets its metrics hold."""
+    recorded = record.get("test_fingerprints")
+    if record.get("fingerprint") == run.fingerprint:
+        current = run.test_fingerprints
+        recorded = recorded if isinstance(recorded, dict) else {}
+        return [name for name in run.tests if recorded.get(name) == current[name]]
+    if recorded is not None:
+        return None
+    # Written before test sets had their own fingerprints: one hash of config, stages and the
+    # test sets then scored (named by its metrics), recognised while those are unchanged.
+    names = sorted(recorded_sets)
+    if recorded_sets <= set(run.tests) and record.get("fingerprint") == _earlier_fingerprint(
+        run, names
+    ):
+        return names
+    return None
+
+
+def read_record(run: RunSpec) -> Finished | None:
     """The finished run recorded in ``run.json`` (its checkpoint still there), or ``None`` when
-    it has to run (again). A record of another config is refused: ``--overwrite`` starts again."""
+    it has to run (again). A record of another training config is refused (``--overwrite``
+    starts again); changed extra test sets only make it :attr:`Finished.retest` them."""
     try:
         record = json.loads((run.folder / RUN_RECORD).read_text())
         metrics = record["metrics"]
         checkpoint = Path(str(record["checkpoint"]))
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    if record.get("fingerprint") != run.fingerprint:
+    names = {_test_set_of(key) for key in metrics} if isinstance(metrics, dict) else set()
+    scored = _scored_test_sets(run, record, names - {"test"})
+    if scored is None:
+        hint = ""
+        if "test_fingerprints" not in record and (run.tests or names - {"test"}):
+            hint = (
+                " (or, if only `tests:` changed, --resume once with the test sets it was run with:"
+                " records written by earlier versions do not tell them apart)"
+            )
         raise GeodistillError(
-            f"was run with another configuration of {run.where}; pass --overwrite to start again",
+            f"was run with another configuration of {run.where}; pass --overwrite to start again"
+            + hint,
             run.folder,
         )
     if not isinstance(metrics, dict) or not checkpoint.is_file():
         return None
-    return record
+    kept = {
+        **record,
+        "fingerprint": run.fingerprint,
+        "metrics": {k: v for k, v in metrics.items() if _test_set_of(k) in ("test", *scored)},
+    }
+    if "test_fingerprints" in record or record.get("fingerprint") != run.fingerprint:
+        current = run.test_fingerprints
+        kept["test_fingerprints"] = {name: current[name] for name in scored}
+    retest = [name for name in run.tests if name not in scored]
+    return Finished(kept, retest, kept != record)

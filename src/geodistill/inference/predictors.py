@@ -23,6 +23,7 @@ from geodistill.models.checkpoint import (
     ONNX_METADATA_KEY,
     ModelCard,
     card_from_checkpoint,
+    deployed_checkpoint,
     freeze,
     network_from_checkpoint,
     read_checkpoint,
@@ -85,8 +86,9 @@ def card_from_task(task: Any) -> ModelCard:
 
 
 def load_checkpoint_predictor(path: str | Path) -> TorchPredictor:
-    """The student of any geodistill task checkpoint, teacher-free, on the CPU."""
-    checkpoint = read_checkpoint(path)
+    """The network any geodistill task checkpoint deploys (its student, or the network its
+    ``geodistill.deployed`` record names), teacher-free, on the CPU."""
+    checkpoint = deployed_checkpoint(read_checkpoint(path), path)
     network = freeze(network_from_checkpoint(checkpoint, path))
     return TorchPredictor(network, card_from_checkpoint(checkpoint))
 

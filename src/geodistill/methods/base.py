@@ -16,9 +16,16 @@ The task calls the hooks in this order:
    the student's and teachers' widths);
 3. :meth:`Distillation.setup` when Lightning sets the task up, with the data module's public
    interface (unlabelled stream, teacher caches);
-4. :meth:`Distillation.training_step` for every training batch, then
+4. :meth:`Distillation.parameter_groups` when the optimiser is built (parameters with their
+   own learning rate);
+5. :meth:`Distillation.training_step` for every training batch, then
    :meth:`Distillation.on_train_batch_end`;
-5. :meth:`Distillation.teacher_record` into every checkpoint.
+6. at validation and test, the student and every network of
+   :meth:`Distillation.evaluated_models` are scored (``val/<metric>``, ``val/<name>/<metric>``);
+   after each validation epoch :meth:`Distillation.on_validation_scores` gets their ``mIoU``;
+   test and prediction run the network :meth:`Distillation.deployed_network` names;
+7. :meth:`Distillation.teacher_record` and :meth:`Distillation.deployment_record` into every
+   checkpoint, :meth:`Distillation.load_deployment_record` when one is loaded.
 """
 
 from __future__ import annotations
@@ -142,6 +149,36 @@ class Distillation(nn.Module):
 
     def on_train_batch_end(self, task: SegmentationTask) -> None:
         """After each training batch (EMA updates)."""
+
+    def parameter_groups(self, task: SegmentationTask) -> list[dict[str, Any]]:
+        """Optimiser parameter groups with settings of their own, as ``{"params": [...], "lr":
+        ...}`` (default: none). The task puts every other trainable parameter in its default
+        group; the schedule scales every group's learning rate by the same factor."""
+        return []
+
+    def evaluated_models(self) -> dict[str, nn.Module]:
+        """Networks besides the student that validation and test score with the student's
+        metrics, by name (logged as ``val/<name>/<metric>``; default: none). They take the
+        student's input and return its logits; ``student`` is the student's own name."""
+        return {}
+
+    def on_validation_scores(self, task: SegmentationTask, scores: dict[str, float]) -> None:
+        """After each validation epoch (the sanity check's aside): ``val/mIoU`` of ``student``
+        and of every network of :meth:`evaluated_models`, by name."""
+
+    def deployed_network(self) -> str:
+        """The network a user gets: test and prediction run it and ``geodistill export`` writes
+        it as the plain student; ``student`` or a name of :meth:`evaluated_models`."""
+        return "student"
+
+    def deployment_record(self) -> dict[str, Any]:
+        """What checkpoints record about the choice of :meth:`deployed_network` (next to the
+        ``network`` and ``state_prefix`` the task records)."""
+        return {}
+
+    def load_deployment_record(self, record: dict[str, Any] | None) -> None:
+        """Restore :meth:`deployment_record` from a checkpoint being loaded (``None``: the
+        checkpoint has none, e.g. written before the method recorded it)."""
 
     def teacher_record(self) -> Any:
         """What the checkpoint records of the teachers (their specs); never their weights."""

@@ -25,11 +25,27 @@ loader's weak view: flips, 90° rotations) and combines three terms:
   locations, on the labelled and the weak unlabelled images; the terms are averaged over
   teachers.
 - ``fusion``: the translated features are also projected back and mixed into the decoder's deepest
-  input with learned softmax weights (initialised at 0.8 for the student, 0.2 shared by the
-  teachers). Translators, projections and weights are student-side modules
+  input with softmax weights (0.8 for the student, 0.2 shared by the teachers), learned from there
+  (``fusion_weights="learned"``, with their own learning rate ``fusion_lr`` if set) or kept fixed
+  as in RS-MTDF (``"fixed"``). Translators, projections and weights are student-side modules
   (:class:`~geodistill.models.fusion.FeatureFusion`), so the deployed student runs them without
   teachers and without a second backbone pass, and ``geodistill export`` keeps them. Without
   fusion the translators are loss heads, never exported.
+- ``max_distill_ratio`` (off by default) caps the distillation term's weight, step by step, so
+  that ``weight · distill ≤ max_distill_ratio · supervised``
+  (:func:`~geodistill.losses.balance.capped_weight`); ``train/distill_weight_effective`` logs the
+  weight used.
+
+Which network is deployed. Validation scores the EMA copy beside the student
+(``val/ema/<metric>`` next to ``val/<metric>``). ``deploy`` chooses the network a user gets:
+``student``, ``ema``, or ``best`` (the default: the EMA if its ``val/mIoU`` was higher than the
+student's at the last validation before the checkpoint, else the student; the student when no
+validation has run). Checkpoints record the choice and both scores in
+``geodistill.deployed``; ``geodistill export`` writes the chosen network's weights as the plain
+student. The task asks the method which network to run (:meth:`SemiSupervised.deployed_network`)
+at test and prediction, so ``test/<metric>`` scores what export deploys (``test/student/*`` and
+``test/ema/*`` score both). The training network itself is never replaced: a resumed fit goes on
+from the student. Checkpoint selection (``val/mIoU``) stays on the student's score.
 
 RS-MTDF divides the sum of its three terms by 3; with unit weights this task's loss is 3 times
 RS-MTDF's, which only rescales the learning rate under Adam(W): set the three weights to 1/3 (and
@@ -54,6 +70,7 @@ from torch.optim.swa_utils import AveragedModel
 
 from geodistill.data.perturbations import StrongView, cutmix, strong_view
 from geodistill.errors import GeodistillError
+from geodistill.losses.balance import capped_weight
 from geodistill.losses.distillation import _resize_map
 from geodistill.methods.base import (
     Distillation,
@@ -65,8 +82,10 @@ from geodistill.methods.base import (
 from geodistill.methods.frozen_teachers import FrozenTeachers, check_cache_settings
 from geodistill.methods.padding import common_size, split_forward
 from geodistill.models.fusion import (
+    MIXINGS,
     RS_MTDF_STUDENT_WEIGHT,
     FusionConfig,
+    Mixing,
     build_translators,
     check_hidden,
     translator_widths,
@@ -78,6 +97,8 @@ if TYPE_CHECKING:
     from geodistill.tasks.segmentation import SegmentationTask
 
 DistillLoss = Literal["mse", "cosine"]
+Deploy = Literal["best", "student", "ema"]
+DEPLOYS: tuple[str, ...] = ("best", "student", "ema")
 
 RS_MTDF_THRESHOLD = 0.95
 RS_MTDF_EMA_DECAY = 0.996
@@ -177,6 +198,15 @@ class SemiSupervised(Distillation):
         translator_hidden: hidden width of the translators; ``None`` takes each teacher's width.
         fusion: mix the translated features into the decoder (deployed with the student).
         fusion_student_weight: the fusion's initial weight of the student's own features.
+        fusion_weights: ``learned`` (softmax weights trained from their initial values) or
+            ``fixed`` (kept at ``fusion_student_weight`` and an equal share of the rest per
+            teacher, RS-MTDF's 0.8 / 0.1 / 0.1; saved and exported, never trained).
+        fusion_lr: learning rate of the learned fusion weights (the same schedule applies);
+            ``None`` takes the task's ``lr``.
+        max_distill_ratio: cap the distillation term's weight so that ``weight · distill ≤
+            max_distill_ratio · supervised`` at every step; ``None`` (default) never caps.
+        deploy: the network tests, prediction and export use: ``student``, ``ema``, or ``best``
+            (whichever scored the higher ``val/mIoU`` at the last validation).
         strong_view: the strong view's settings (:class:`~geodistill.data.perturbations.
             StrongView`; CutMix's included).
         teacher_cache: folder of teacher output caches (one per teacher and stream, computed
@@ -202,6 +232,10 @@ class SemiSupervised(Distillation):
         teacher_cache: str | None = None,
         cache_on_mismatch: Literal["rebuild", "refuse"] = "rebuild",
         cache_dtype: str = "float16",
+        fusion_weights: Mixing = "learned",
+        fusion_lr: float | None = None,
+        max_distill_ratio: float | None = None,
+        deploy: Deploy = "best",
     ) -> None:
         super().__init__()
         specs = [TeacherSpec.from_value(t) for t in teachers or []]
@@ -228,6 +262,22 @@ class SemiSupervised(Distillation):
                 "model.distillation.fusion_student_weight must be in (0, 1), got "
                 f"{fusion_student_weight}"
             )
+        check_choice("fusion_weights", fusion_weights, MIXINGS)
+        check_choice("deploy", deploy, DEPLOYS)
+        if fusion_lr is not None:
+            if not fusion_lr > 0:
+                raise GeodistillError(
+                    f"model.distillation.fusion_lr must be > 0 or null, got {fusion_lr}"
+                )
+            if not fusion or fusion_weights != "learned":
+                raise GeodistillError(
+                    "model.distillation.fusion_lr is the learning rate of the learned fusion "
+                    "weights: it needs fusion: true and fusion_weights: learned"
+                )
+        if max_distill_ratio is not None and not max_distill_ratio > 0:
+            raise GeodistillError(
+                f"model.distillation.max_distill_ratio must be > 0 or null, got {max_distill_ratio}"
+            )
         self.specs = specs
         self.strong = view
         self.record_settings(
@@ -244,6 +294,10 @@ class SemiSupervised(Distillation):
             teacher_cache=teacher_cache,
             cache_on_mismatch=cache_on_mismatch,
             cache_dtype=cache_dtype,
+            fusion_weights=fusion_weights,
+            fusion_lr=fusion_lr,
+            max_distill_ratio=max_distill_ratio,
+            deploy=deploy,
         )
         self.ignore_index = 255
         self.teachers: FrozenTeachers | None = None
@@ -253,6 +307,8 @@ class SemiSupervised(Distillation):
         self._student: Any = None  # the task's network, which the EMA follows (not a submodule)
         self._generator: torch.Generator | None = None
         self._ema_step = -1
+        # val/mIoU of "student" and "ema" at the last validation (or from the loaded checkpoint)
+        self._scores: dict[str, float] | None = None
 
     @property
     def active(self) -> bool:
@@ -277,11 +333,12 @@ class SemiSupervised(Distillation):
                     or recorded is None
                     or recorded.hidden != hp["translator_hidden"]
                     or recorded.student_weight != hp["fusion_student_weight"]
+                    or recorded.mixing != hp["fusion_weights"]
                 ):
                     raise GeodistillError(
                         "model.arch_kwargs.fusion differs from model.distillation.fusion / "
-                        "translator_hidden / fusion_student_weight: set the fusion once, with "
-                        "those options"
+                        "translator_hidden / fusion_student_weight / fusion_weights: set the "
+                        "fusion once, with those options"
                     )
                 if translator_widths(model.fusion.translators) != widths:
                     raise GeodistillError(
@@ -291,7 +348,12 @@ class SemiSupervised(Distillation):
                         self.teachers[0].path,
                     )
             elif hp["fusion"]:
-                config = FusionConfig(widths, hp["translator_hidden"], hp["fusion_student_weight"])
+                config = FusionConfig(
+                    widths,
+                    hidden=hp["translator_hidden"],
+                    student_weight=hp["fusion_student_weight"],
+                    mixing=hp["fusion_weights"],
+                )
                 model.set_fusion(config)
                 # Recorded in arch_kwargs: every checkpoint of this student, the exported
                 # teacher-free one included, rebuilds its fusion.
@@ -344,6 +406,34 @@ class SemiSupervised(Distillation):
 
     def teacher_record(self) -> Any:
         return self.settings["teachers"]
+
+    # --------------------------------------------------------------- optimiser and deployment
+
+    def parameter_groups(self, task: SegmentationTask) -> list[dict[str, Any]]:
+        """The learned fusion weights in a group of their own when ``fusion_lr`` is set."""
+        fusion = task.model.fusion
+        if self.settings["fusion_lr"] is None or fusion is None:
+            return []
+        return [{"params": [fusion.mix_logits], "lr": self.settings["fusion_lr"]}]
+
+    def evaluated_models(self) -> dict[str, nn.Module]:
+        """The EMA copy, scored beside the student (``val/ema/<metric>``)."""
+        return {} if self.ema is None else {"ema": self.ema.module}
+
+    def on_validation_scores(self, task: SegmentationTask, scores: dict[str, float]) -> None:
+        self._scores = {name: float(scores[name]) for name in ("student", "ema")}
+
+    def deployed_network(self) -> str:
+        """``deploy`` itself, or for ``best`` the EMA when its last ``val/mIoU`` was strictly
+        higher than the student's (the student on ties, NaN scores or before any validation)."""
+        return choose_deployed(self.settings["deploy"], self._scores)
+
+    def deployment_record(self) -> dict[str, Any]:
+        return {"deploy": self.settings["deploy"], "val_mIoU": self._scores}
+
+    def load_deployment_record(self, record: dict[str, Any] | None) -> None:
+        scores = None if record is None else record.get("val_mIoU")
+        self._scores = None if scores is None else {k: float(v) for k, v in scores.items()}
 
     # ----------------------------------------------------------------------------- training
 
@@ -434,15 +524,34 @@ class SemiSupervised(Distillation):
             loss_supervised=supervised.detach(),
             loss_unsupervised=unsupervised.detach(),
             pseudo_label_ratio=kept.detach(),
+            **self.ema_logs(task.model),
         )
         loss = supervised + hp["unsup_weight"] * unsupervised
         if self.active:
             distill = self._distillation(outputs[0], outputs[1], labeled, unlabeled, logs)
-            loss = loss + hp["distill_weight"] * distill
+            distill_weight: float | Tensor = hp["distill_weight"]
+            if hp["max_distill_ratio"] is not None:  # else as before: bit-identical
+                distill_weight = capped_weight(
+                    hp["distill_weight"], distill, supervised, hp["max_distill_ratio"]
+                )
+            loss = loss + distill_weight * distill
+            logs["distill_weight_effective"] = torch.as_tensor(distill_weight).detach().float()
         if task.model.fusion is not None:
             for k, weight in enumerate(task.model.fusion.weights.detach()):
                 logs[f"fusion_weight_{k}"] = weight
         return Step(loss, logs, len(images))
+
+    @torch.no_grad()
+    def ema_logs(self, student: nn.Module) -> dict[str, Tensor]:
+        """``ema_decay``: the decay of the EMA's next update; ``ema_distance``: how far the EMA's
+        parameters are from the student's, ``‖θ_ema − θ‖ / ‖θ‖`` (before this step's update)."""
+        assert self.ema is not None
+        decay = ema_decay_at(int(self.ema.n_averaged), self.settings["ema_decay"])
+        averaged, current = list(self.ema.module.parameters()), list(student.parameters())
+        difference = torch.stack(torch._foreach_norm(torch._foreach_sub(averaged, current)))
+        norm = torch.stack(torch._foreach_norm(current))
+        distance = difference.norm() / norm.norm().clamp_min(1e-12)
+        return {"ema_decay": torch.tensor(decay), "ema_distance": distance}
 
     def _distillation(
         self,
@@ -470,6 +579,16 @@ class SemiSupervised(Distillation):
         return distill
 
 
+def choose_deployed(deploy: str, scores: dict[str, float] | None) -> str:
+    """The network ``deploy`` picks given the last validation ``scores`` (``student``/``ema``):
+    ``best`` takes the EMA only when its score is strictly higher (never on NaN or no score)."""
+    if deploy != "best":
+        return deploy
+    if scores is None or not scores.get("ema", float("nan")) > scores.get("student", float("nan")):
+        return "student"
+    return "ema"
+
+
 def _new_ema(model: nn.Module, decay: float) -> AveragedModel:
     ema = AveragedModel(model, multi_avg_fn=_ema_average(decay))
     ema.requires_grad_(False)
@@ -479,6 +598,7 @@ def _new_ema(model: nn.Module, decay: float) -> AveragedModel:
 __all__ = [
     "PseudoLabels",
     "SemiSupervised",
+    "choose_deployed",
     "ema_decay_at",
     "feature_distance",
     "pseudo_labels",

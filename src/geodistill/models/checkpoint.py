@@ -6,6 +6,12 @@ reader (weights-only, through :mod:`geodistill.models.safe_load`); :func:`load_t
 rebuilds and freezes the network (the coarse-to-fine task initialises its student from it, the
 ``geodistill`` teacher kind wraps it, export and inference deploy it).
 
+That network is the one the checkpoint deploys: a method may record another network than the
+training student (the semi-supervised method's EMA copy) under ``geodistill.deployed``, and
+:func:`deployed_checkpoint` puts its weights where the student's ``model.*`` were, for every
+reader alike (:func:`network_from_checkpoint`, export, ``geodistill predict``/``infer``, the
+``geodistill`` teacher kind).
+
 Deployment needs more than weights: which bands, in which order, the class names and the tile
 size the model was trained on. A :class:`ModelCard` carries that, whatever the backend, so a
 Lightning checkpoint and an exported ONNX file are used the same way. Band normalisation lives
@@ -134,8 +140,59 @@ def recorded_names(checkpoint: dict[str, Any]) -> tuple[list[str], list[str]]:
     return list(band_names), list(class_names)
 
 
+def deployed_checkpoint(checkpoint: dict[str, Any], path: str | Path) -> dict[str, Any]:
+    """``checkpoint`` with the deployed network's weights as ``model.*``.
+
+    A checkpoint whose ``geodistill.deployed`` record names another network than the student
+    (``state_prefix``: where its weights are in the state dict, e.g.
+    ``distillation.ema.module.``) gets that network's weights under the student's ``model.*``
+    keys (the same architecture: the key sets must match), and the record without its prefix,
+    so that applying this again changes nothing. A checkpoint without a record, or whose record
+    deploys the student (``model.``), keeps its weights; the input is never modified. A record
+    that is not readable, or whose prefix does not hold exactly the student's weights, is one
+    :class:`GeodistillError` naming ``path``.
+    """
+    meta = checkpoint.get("geodistill") or {}
+    record = meta.get("deployed") if isinstance(meta, dict) else None
+    if not record:
+        return checkpoint
+    prefix = record.get("state_prefix", "model.") if isinstance(record, dict) else None
+    if not isinstance(prefix, str) or not prefix:
+        raise GeodistillError(
+            f"unreadable geodistill.deployed record {record!r} (expected a dict with the "
+            "network's name and its state_prefix)",
+            path,
+        )
+    state = checkpoint["state_dict"]
+    if prefix != "model.":
+        state = _swap_in(state, prefix, record.get("network"), path)
+    kept = {k: v for k, v in record.items() if k != "state_prefix"}
+    return {**checkpoint, "state_dict": state, "geodistill": {**meta, "deployed": kept}}
+
+
+def _swap_in(state: dict[str, Any], prefix: str, network: Any, path: str | Path) -> dict[str, Any]:
+    """``state`` with the ``model.*`` entries replaced by the same keys under ``prefix``."""
+    student = [key for key in state if key.startswith("model.")]
+    chosen = {key.removeprefix(prefix) for key in state if key.startswith(prefix)}
+    expected = {key.removeprefix("model.") for key in student}
+    if chosen != expected:
+        found = "no weights" if not chosen else "other weights than the student's"
+        odd = sorted(chosen ^ expected)[:3]
+        raise GeodistillError(
+            f"the checkpoint deploys the network {network!r}, whose weights "
+            f"({prefix}*) it records, but the state dict holds {found} there "
+            f"({len(chosen)} keys; the student's model.* has {len(expected)}; "
+            f"differing: {', '.join(odd)})",
+            path,
+        )
+    deployed = {key: state[prefix + key.removeprefix("model.")] for key in student}
+    return {**deployed, **{k: v for k, v in state.items() if not k.startswith("model.")}}
+
+
 def network_from_checkpoint(checkpoint: dict[str, Any], path: str | Path) -> SegmentationModel:
-    """Rebuild the ``model.*`` network of a task checkpoint from its recorded architecture."""
+    """Rebuild the network a task checkpoint deploys from its recorded architecture: the
+    ``model.*`` student, or the network its ``geodistill.deployed`` record names
+    (:func:`deployed_checkpoint`)."""
     hparams = dict(checkpoint.get("hyper_parameters", {}))
     missing = [k for k in ARCHITECTURE_KEYS[:4] if k not in hparams]
     if missing:
@@ -155,7 +212,7 @@ def network_from_checkpoint(checkpoint: dict[str, Any], path: str | Path) -> Seg
     )
     state = {
         key.removeprefix("model."): value
-        for key, value in checkpoint["state_dict"].items()
+        for key, value in deployed_checkpoint(checkpoint, path)["state_dict"].items()
         if key.startswith("model.")
     }
     try:

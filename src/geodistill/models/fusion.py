@@ -11,16 +11,18 @@ back to the student's width and mixed into the decoder's input at the deepest le
     fused = w_0 · f + Σ_k w_k · P_k(T_k(f)),     w = softmax(θ),
 
 with ``θ`` learned and initialised so that ``w = (0.8, 0.2 / N, …, 0.2 / N)`` (RS-MTDF fixes
-``0.8 / 0.1 / 0.1`` for its two teachers). Translators and projections only read the student's own
-features, so the fused network runs without any teacher and without a second backbone pass; it is
-part of :class:`~geodistill.models.student.SegmentationModel`, saved and exported with it.
+``0.8 / 0.1 / 0.1`` for its two teachers; ``mixing="fixed"`` keeps ``θ`` at its initial value, a
+buffer that is saved and exported but never trained). Translators and projections only read the
+student's own features, so the fused network runs without any teacher and without a second
+backbone pass; it is part of :class:`~geodistill.models.student.SegmentationModel`, saved and
+exported with it.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -29,6 +31,9 @@ from geodistill.errors import GeodistillError
 
 RS_MTDF_STUDENT_WEIGHT = 0.8
 """RS-MTDF's weight of the student's own features in the fused decoder input."""
+
+Mixing = Literal["learned", "fixed"]
+MIXINGS: tuple[str, ...] = ("learned", "fixed")
 
 
 @dataclass(frozen=True)
@@ -40,11 +45,14 @@ class FusionConfig:
         hidden: hidden width of every translator; ``None`` takes each teacher's width.
         student_weight: initial share of the student's own features, in ``(0, 1)``; the
             teachers' paths share the rest equally.
+        mixing: ``learned`` (the shares are trained from there) or ``fixed`` (kept, as in
+            RS-MTDF).
     """
 
     widths: list[int]
     hidden: int | None = None
     student_weight: float = RS_MTDF_STUDENT_WEIGHT
+    mixing: Mixing = "learned"
 
     def __post_init__(self) -> None:
         widths = list(self.widths)
@@ -57,6 +65,10 @@ class FusionConfig:
         if not 0 < self.student_weight < 1:
             raise GeodistillError(
                 f"fusion.student_weight must be in (0, 1), got {self.student_weight}"
+            )
+        if self.mixing not in MIXINGS:
+            raise GeodistillError(
+                f"fusion.mixing must be one of {', '.join(map(repr, MIXINGS))}, got {self.mixing!r}"
             )
 
     @classmethod
@@ -112,8 +124,8 @@ def translator_widths(translators: nn.ModuleList) -> list[int]:
 
 
 class FeatureFusion(nn.Module):
-    """Translators, projections back to the student's width and learned mixing weights (see the
-    module docstring)."""
+    """Translators, projections back to the student's width and mixing weights, learned or fixed
+    (see the module docstring)."""
 
     def __init__(self, student: int, config: FusionConfig) -> None:
         super().__init__()
@@ -125,7 +137,12 @@ class FeatureFusion(nn.Module):
         shares = [config.student_weight]
         shares += [(1 - config.student_weight) / len(config.widths)] * len(config.widths)
         # softmax(log w) = w: the mix starts exactly at the configured shares.
-        self.mix_logits = nn.Parameter(torch.tensor([math.log(s) for s in shares]))
+        logits = torch.tensor([math.log(s) for s in shares])
+        self.mix_logits: Tensor
+        if config.mixing == "learned":
+            self.mix_logits = nn.Parameter(logits)
+        else:  # a buffer: saved, exported and copied by an EMA, never trained
+            self.register_buffer("mix_logits", logits)
 
     @property
     def weights(self) -> Tensor:
@@ -143,4 +160,7 @@ class FeatureFusion(nn.Module):
         return fused, translated
 
     def extra_repr(self) -> str:
-        return f"widths={self.config.widths}, student_weight={self.config.student_weight}"
+        return (
+            f"widths={self.config.widths}, student_weight={self.config.student_weight}, "
+            f"mixing={self.config.mixing}"
+        )

@@ -11,7 +11,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from torch import Tensor
+from torch import Tensor, nn
 
 from geodistill.errors import GeodistillError, GeodistillWarning
 from geodistill.losses import build_segmentation_loss
@@ -35,6 +35,15 @@ class SegmentationTask(L.LightningModule):
     its frozen teachers and trainable loss heads, and computes the training loss. Without one
     the task is plain supervised training. Checkpoints record the method's config; the deployed
     student (``geodistill export``) is the ``model`` network alone.
+
+    A method may name other networks to score beside the student (its
+    :meth:`~geodistill.methods.Distillation.evaluated_models`, e.g. an EMA copy): validation
+    and test log them as ``val/<name>/<metric>`` and ``test/<name>/<metric>``, with metrics of
+    their own, while ``val/<metric>`` stays the student's. Test (``test/<metric>``,
+    ``test_metrics.json``) and prediction run the network the method deploys
+    (:meth:`~geodistill.methods.Distillation.deployed_network`), and checkpoints record it
+    under ``geodistill.deployed`` (its name and where its weights are in the state dict), so
+    that ``geodistill export`` writes that network as the plain student.
     """
 
     def __init__(
@@ -109,10 +118,43 @@ class SegmentationTask(L.LightningModule):
         )
         self.val_metrics = SegmentationMetrics(**metric_args)
         self.test_metrics = SegmentationMetrics(**metric_args)
+        # Other networks the method scores (an EMA copy...): at validation beside the student,
+        # at test the student and each of them by name (test_metrics scores the deployed one).
+        names = list(self.evaluated_models())
+        self.val_network_metrics = nn.ModuleDict(
+            {name: SegmentationMetrics(**metric_args) for name in names}
+        )
+        self.test_network_metrics = nn.ModuleDict(
+            {name: SegmentationMetrics(**metric_args) for name in ["student", *names] if names}
+        )
         self.test_results: dict[str, float] = {}
 
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x)
+
+    def evaluated_models(self) -> dict[str, nn.Module]:
+        """The method's networks scored beside the student, by name (none without a method)."""
+        if self.distillation is None:
+            return {}
+        networks = self.distillation.evaluated_models()
+        if "student" in networks:
+            raise GeodistillError("'student' names the task's own network; rename the model")
+        return networks
+
+    def deployed_name(self) -> str:
+        """The network test and prediction run and export writes: ``student`` or a name of
+        :meth:`evaluated_models`."""
+        return "student" if self.distillation is None else self.distillation.deployed_network()
+
+    def deployed_model(self) -> nn.Module:
+        """The network :meth:`deployed_name` names."""
+        name = self.deployed_name()
+        networks = {"student": self.model, **self.evaluated_models()}
+        if name not in networks:
+            raise GeodistillError(
+                f"the method deploys {name!r}; its networks are {', '.join(networks)}"
+            )
+        return networks[name]
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
@@ -187,6 +229,8 @@ class SegmentationTask(L.LightningModule):
         logits = self.model(batch["image"])
         self.log("val/loss", self.criterion(logits, batch["mask"]), batch_size=len(logits))
         self.val_metrics.update(logits.argmax(1), batch["mask"])
+        for name, network in self.evaluated_models().items():
+            self.val_network_metrics[name].update(network(batch["image"]).argmax(1), batch["mask"])
 
     def on_validation_epoch_end(self) -> None:
         results = self.val_metrics.compute()
@@ -202,11 +246,31 @@ class SegmentationTask(L.LightningModule):
         self.log("val/mIoU", miou, prog_bar=True)
         self.log_dict({f"val/{k}": v for k, v in results.items()})
         self.val_metrics.reset()
+        scores = {"student": float(miou)}
+        for name, metrics in self.val_network_metrics.items():
+            network_results = metrics.compute()
+            scores[name] = float(network_results["mIoU"])
+            self.log_dict({f"val/{name}/{k}": v for k, v in network_results.items()})
+            metrics.reset()
+        if self.distillation is not None and self.val_network_metrics and not sanity:
+            self.distillation.on_validation_scores(self, scores)
 
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self.test_metrics.update(self.model(batch["image"]).argmax(1), batch["mask"])
+        deployed = self.deployed_model()
+        if not self.test_network_metrics:
+            self.test_metrics.update(deployed(batch["image"]).argmax(1), batch["mask"])
+            return
+        networks = {"student": self.model, **self.evaluated_models()}
+        for name, network in networks.items():
+            predicted = network(batch["image"]).argmax(1)
+            self.test_network_metrics[name].update(predicted, batch["mask"])
+            if network is deployed:
+                self.test_metrics.update(predicted, batch["mask"])
 
     def on_test_epoch_end(self) -> None:
+        for name, metrics in self.test_network_metrics.items():
+            self.log_dict({f"test/{name}/{k}": v for k, v in metrics.compute().items()})
+            metrics.reset()
         results = self.test_metrics.compute()
         self.log_dict({f"test/{k}": v for k, v in results.items()})
         self.test_results = {k: float(v) for k, v in results.items()}
@@ -218,15 +282,13 @@ class SegmentationTask(L.LightningModule):
             (Path(log_dir) / "test_metrics.md").write_text(markdown)
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
-        probs = self.model(batch["image"]).softmax(1)
+        probs = self.deployed_model()(batch["image"]).softmax(1)
         nodata = torch.isnan(batch["image"]).all(1)
         return {"probs": probs, "nodata": nodata, "index": batch["index"], "shape": batch["shape"]}
 
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = torch.optim.AdamW(
-            [p for p in self.parameters() if p.requires_grad],
-            lr=self.hparams.lr,
-            weight_decay=self.hparams.weight_decay,
+            self.parameter_groups(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
         )
         total = int(self.trainer.estimated_stepping_batches)
         scheduler = warmup_decay(
@@ -240,6 +302,27 @@ class SegmentationTask(L.LightningModule):
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
 
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """The optimiser's parameter groups: every trainable parameter in the default group (the
+        task's lr), except those the method gives settings of their own. The schedule's factor
+        multiplies each group's own initial lr."""
+        special = [] if self.distillation is None else self.distillation.parameter_groups(self)
+        owned = {id(p) for p in self.parameters()}
+        claimed: set[int] = set()
+        groups: list[dict[str, Any]] = []
+        for group in special:
+            params = [p for p in group["params"] if p.requires_grad]
+            if not {id(p) for p in params} <= owned or claimed & {id(p) for p in params}:
+                raise GeodistillError(
+                    "a method's parameter group lists a parameter the task does not own or "
+                    "another group already lists"
+                )
+            claimed |= {id(p) for p in params}
+            if params:
+                groups.append({**group, "params": params})
+        default = [p for p in self.parameters() if p.requires_grad and id(p) not in claimed]
+        return [{"params": default}, *groups]
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["geodistill"] = {
             "band_names": self.band_names,
@@ -249,11 +332,27 @@ class SegmentationTask(L.LightningModule):
         if self.distillation is not None:
             # Under "teacher": export drops it; the teachers' weights are never saved.
             checkpoint["geodistill"]["teacher"] = copy.deepcopy(self.distillation.teacher_record())
+        if self.val_network_metrics:
+            checkpoint["geodistill"]["deployed"] = self.deployment_record()
+
+    def deployment_record(self) -> dict[str, Any]:
+        """``geodistill.deployed`` of a checkpoint: the deployed network's name, the state-dict
+        prefix of its weights (``model.`` for the student) and the method's record of the
+        choice."""
+        assert self.distillation is not None
+        deployed = self.deployed_model()
+        prefix = next(name for name, module in self.named_modules() if module is deployed)
+        return {
+            "network": self.deployed_name(),
+            "state_prefix": f"{prefix}.",
+            **copy.deepcopy(self.distillation.deployment_record()),
+        }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         meta = checkpoint.get("geodistill", {})
         if self.distillation is not None:
             self.distillation.check_resumed_teacher(meta.get("teacher"))
+            self.distillation.load_deployment_record(meta.get("deployed"))
         saved = meta.get("band_names")
         if saved is None:
             return
