@@ -134,10 +134,14 @@ def write_per_class(experiment: Experiment, results: Path, class_names: Sequence
     order += [name for name in experiment.variants if name not in order]
     table = results_table([per_seed[s] for s in sorted(per_seed)], class_names, order)
     seeds = ", ".join(str(s) for s in sorted(per_seed))
+    gap = (  # results_table's column, present with both of these variants
+        "; 'gap recovered' = (method − fine_only) / (oracle − fine_only) in mIoU"
+        if {"fine_only", "oracle"} <= set(experiment.variants)
+        else ""
+    )
     (results.parent / PER_CLASS).write_text(
-        f"Test metrics per method, mean ± std over seeds {seeds} (%; per-class columns are IoU; "
-        "'gap recovered' = (method − fine_only) / (oracle − fine_only) in mIoU). "
-        f"Runs: {results.with_suffix('.json')}.\n\n{table}"
+        f"Test metrics per method, mean ± std over seeds {seeds} (%; per-class columns are IoU"
+        f"{gap}). Runs: {results.with_suffix('.json')}.\n\n{table}"
     )
     return table
 

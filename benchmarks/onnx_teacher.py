@@ -13,7 +13,9 @@ Protocol:
 
 1. the teacher's class map over the chip, through the geodistill :class:`Teacher` on the four
    256² tiles of the chip, is the reference;
-2. a small student (U-Net on a MobileNetV3-small encoder, the teacher's 6 bands) is trained on
+2. a small student (U-Net on a MobileNetV3-small encoder, the teacher's 6 bands; ``--student``
+   picks one or more from ``STUDENTS``, e.g. the default decoder width and a half-width one, all
+   trained, exported and timed in the same run) is trained on
    the LEFT half (random 256² crops, flips/rotations/spectral jitter) with (a) the teacher's hard
    labels only (:class:`SegmentationTask`) or (b) KTDA (:class:`KnowledgeTransfer` in the
    task: the same hard labels, the student's encoder levels and decoder output aligned with the
@@ -21,15 +23,18 @@ Protocol:
    loop);
 3. agreement with the teacher (mIoU, per-class IoU, OA) is scored on the RIGHT half (predicted on
    its own) and, as a check of the fit, on the left half;
-4. the KTDA student is exported (``geodistill export`` to ``.onnx``), and the teacher and the
-   student are timed in ONNX Runtime on the same four tiles (MP/s), with parameter counts and
-   file sizes.
+4. each student's first KTDA run (its first hard-label run when no KTDA is trained) is
+   exported (``geodistill export`` to ``.onnx``), and the teacher and the students are timed in
+   ONNX Runtime on the same four tiles, with the same session options, in turn over interleaved
+   rounds (MP/s), with parameter counts and file sizes.
 
 This measures agreement with a third-party model on one 512² chip, not accuracy against ground
 truth. csmask expects ~30 m data; this chip is at 10 m. See ``docs/benchmarks.md``.
 
     python benchmarks/onnx_teacher.py --threads 1   # 3 seeds, ~19 min on a shared 2-core CPU
     python benchmarks/onnx_teacher.py --quick       # 1 seed, 3 epochs: a smoke run (~2.5 min)
+    # two students, KTDA only, 3 seeds (~40 min on a 2-core CPU loaded by other jobs)
+    python benchmarks/onnx_teacher.py --threads 1 --student mnv3s-d128 mnv3s-d64 --variants ktda
 
 Needs ``pip install ukis-csmask`` (the teacher's file; also the ``examples`` extra); not part
 of the test suite. Writes ``<output>/results.json`` and ``<output>/results.md``.
@@ -82,13 +87,25 @@ DECODER_BLOCKS = [0, 1, 2, 4]
 STUDENT_LEVELS = ["encoder.-2", "encoder.-3", "encoder.-4", "decoder"]
 """Student levels at the same strides (16, 8, 4 and the decoder output at 1), in that order."""
 
-STUDENT: dict[str, Any] = {
-    "arch": "unet",
-    "encoder": "tu-mobilenetv3_small_100",
-    "arch_kwargs": {"decoder_channels": [128, 64, 32, 16, 16]},
-    "loss": {"ce": 1.0, "dice": 0.5},
-    "lr": 2e-3,
+TRAINING: dict[str, Any] = {"loss": {"ce": 1.0, "dice": 0.5}, "lr": 2e-3}
+"""Loss and learning rate, the same for every student."""
+
+STUDENTS: dict[str, dict[str, Any]] = {
+    "mnv3s-d128": {
+        "arch": "unet",
+        "encoder": "tu-mobilenetv3_small_100",
+        "arch_kwargs": {"decoder_channels": [128, 64, 32, 16, 16]},
+    },
+    "mnv3s-d64": {
+        "arch": "unet",
+        "encoder": "tu-mobilenetv3_small_100",
+        "arch_kwargs": {"decoder_channels": [64, 32, 16, 8, 8]},
+    },
 }
+"""Students ``--student`` chooses from (random init): the same MobileNetV3-small encoder with the
+U-Net decoder at full width (the default) or at half width (lighter at full resolution, where
+most of a U-Net decoder's cost is)."""
+VARIANTS = ("labels", "ktda")
 
 
 def decoder_tensor(block: int) -> str:
@@ -254,14 +271,19 @@ def datamodule(work: Path, args: argparse.Namespace, seed: int) -> GeoSegDataMod
 
 
 def make_task(
-    variant: str, data: GeoSegDataModule, spec: dict[str, Any], args: argparse.Namespace
+    student: str,
+    variant: str,
+    data: GeoSegDataModule,
+    spec: dict[str, Any],
+    args: argparse.Namespace,
 ) -> SegmentationTask:
     common = {
         "in_channels": data.num_bands,
         "num_classes": len(CLASSES),
         "class_names": CLASSES,
         "ignore_index": IGNORE,
-        **STUDENT,
+        **STUDENTS[student],
+        **TRAINING,
     }
     if variant == "labels":
         return SegmentationTask(**common)
@@ -290,6 +312,7 @@ def agreement(model: torch.nn.Module, image: np.ndarray, reference: np.ndarray) 
 
 
 def train(
+    student: str,
     variant: str,
     seed: int,
     work: Path,
@@ -299,7 +322,7 @@ def train(
 ) -> tuple[dict[str, Any], SegmentationTask, L.Trainer]:
     L.seed_everything(seed, verbose=False)
     data = datamodule(work, args, seed)
-    task = make_task(variant, data, spec, args)
+    task = make_task(student, variant, data, spec, args)
     trainer = L.Trainer(
         accelerator="cpu",
         devices=1,
@@ -316,6 +339,7 @@ def train(
     trainer.fit(task, datamodule=data)
     seconds = time.perf_counter() - start
     run = {
+        "student": student,
         "variant": variant,
         "seed": seed,
         "fit_s": seconds,
@@ -329,7 +353,7 @@ def train(
     for half, (image, reference) in halves.items():
         run[half] = agreement(task.model, image, reference)
     print(
-        f"  seed {seed} {variant}: right-half mIoU {100 * run['right']['mIoU']:.2f}, "
+        f"  seed {seed} {student} {variant}: right-half mIoU {100 * run['right']['mIoU']:.2f}, "
         f"left {100 * run['left']['mIoU']:.2f} ({seconds:.0f} s, {trainer.global_step} steps)",
         flush=True,
     )
@@ -363,15 +387,16 @@ def onnx_parameters(path: Path) -> tuple[int, str]:
 
 def throughput(
     teacher_path: Path,
-    student_path: Path,
+    student_paths: dict[str, Path],
     image: np.ndarray,
     meta: dict[str, Any],
     band_indices: list[int],
     args: argparse.Namespace,
 ) -> dict[str, Any]:
-    """Teacher and student in ONNX Runtime on the same tiles, in turn over ``--repeats`` rounds.
+    """The teacher and each student in ONNX Runtime on the same tiles, with the same session
+    options, in turn (teacher, then each student) over ``--repeats`` rounds.
 
-    Each model gets its own input: csmask its normalised 6 bands, the exported student the raw
+    Each model gets its own input: csmask its normalised 6 bands, an exported student the raw
     values of its bands (its band normaliser is inside the graph); preparing them is not timed.
     """
     mean, std = (
@@ -380,10 +405,9 @@ def throughput(
     origins = tiles_of(*image.shape[1:], args.tile)
     raw = np.stack([image[band_indices, r : r + args.tile, c : c + args.tile] for r, c in origins])
     normalised = np.nan_to_num((raw * 1e-4 - mean) / std).astype(np.float32)
-    runs = {
-        "teacher": (session(teacher_path), normalised),
-        "student": (session(student_path), np.ascontiguousarray(raw)),
-    }
+    runs = {"teacher": (session(teacher_path), normalised)}
+    for name, path in student_paths.items():
+        runs[name] = (session(path), np.ascontiguousarray(raw))
     feeds = {name: {s.get_inputs()[0].name: x} for name, (s, x) in runs.items()}
     for name, (s, _) in runs.items():
         s.run(None, feeds[name])  # warm-up
@@ -417,34 +441,52 @@ def pct(values: list[float]) -> str:
     return f"{statistics.fmean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
-def agreement_table(runs: list[dict[str, Any]]) -> str:
+def agreement_table(runs: list[dict[str, Any]], students: list[str]) -> str:
+    """Mean ± std over seeds per student and variant; the last column is the right-half mIoU as
+    a share of the first student's mIoU with the same variant (means over the same seeds)."""
     keys = ["mIoU", *[f"IoU/{c}" for c in CLASSES], "OA"]
     lines = [
-        "| student (right half, vs teacher) | " + " | ".join(keys) + " | left half mIoU | fit |",
-        "|---" + "|---:" * (len(keys) + 2) + "|",
+        "| student (right half, vs teacher) | "
+        + " | ".join(keys)
+        + f" | left half mIoU | fit | mIoU / {students[0]}'s |",
+        "|---" + "|---:" * (len(keys) + 3) + "|",
     ]
     for variant, label in (("labels", "hard labels only"), ("ktda", "KTDA")):
-        chosen = [r for r in runs if r["variant"] == variant]
-        if not chosen:
-            continue
-        cells = [pct([r["right"][k] for r in chosen]) for k in keys]
-        left = pct([r["left"]["mIoU"] for r in chosen])
-        fit = statistics.fmean(r["fit_s"] for r in chosen)
-        lines.append(f"| {label} | " + " | ".join(cells) + f" | {left} | {fit:.0f} s |")
+        base = [
+            r["right"]["mIoU"]
+            for r in runs
+            if r["variant"] == variant and r["student"] == students[0]
+        ]
+        for student in students:
+            chosen = [r for r in runs if r["variant"] == variant and r["student"] == student]
+            if not chosen:
+                continue
+            cells = [pct([r["right"][k] for r in chosen]) for k in keys]
+            left = pct([r["left"]["mIoU"] for r in chosen])
+            fit = statistics.fmean(r["fit_s"] for r in chosen)
+            mean = statistics.fmean(r["right"]["mIoU"] for r in chosen)
+            share = f"{100 * mean / statistics.fmean(base):.0f} %" if base else "–"
+            lines.append(
+                f"| {student}, {label} | "
+                + " | ".join(cells)
+                + f" | {left} | {fit:.0f} s | {share} |"
+            )
     return "\n".join(lines) + "\n"
 
 
 def seeds_table(runs: list[dict[str, Any]]) -> str:
     lines = [
-        "| seed | variant | mIoU | IoU/clear | IoU/cloud | IoU/shadow | OA |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| seed | student | variant | mIoU | IoU/clear | IoU/cloud | IoU/shadow | OA |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
     ]
     for r in runs:
         right = r["right"]
         cells = [
             f"{100 * right[k]:.2f}" for k in ("mIoU", "IoU/clear", "IoU/cloud", "IoU/shadow", "OA")
         ]
-        lines.append(f"| {r['seed']} | {r['variant']} | " + " | ".join(cells) + " |")
+        lines.append(
+            f"| {r['seed']} | {r['student']} | {r['variant']} | " + " | ".join(cells) + " |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -476,23 +518,27 @@ def deployment_table(sizes: dict[str, Any], speed: dict[str, Any]) -> str:
         "| model | parameters | stored as | file | ONNX Runtime MP/s (best) | MP/s (median) |",
         "|---|---:|---|---:|---:|---:|",
     ]
-    labels = {
-        "teacher": "teacher: csmask U-Net / EfficientNet-B4",
-        "student": "student: U-Net / MobileNetV3-small (exported)",
-    }
-    for name, label in labels.items():
-        s = sizes[name]
+    teacher = sizes["teacher"]
+    for name, s in sizes.items():
+        if name == "teacher":
+            label = "teacher: csmask U-Net / EfficientNet-B4"
+        else:
+            spec = STUDENTS[name]
+            decoder = "-".join(map(str, spec["arch_kwargs"]["decoder_channels"]))
+            label = f"student {name}: U-Net / {spec['encoder']}, decoder {decoder} (exported)"
         lines.append(
             f"| {label} | {s['parameters'] / 1e6:.2f} M | {s['dtypes']} "
             f"| {s['bytes'] / 1e6:.1f} MB | {best[name]:.2f} | {median[name]:.2f} |"
         )
-    student, teacher = sizes["student"], sizes["teacher"]
-    lines.append(
-        f"| student / teacher | {student['parameters'] / teacher['parameters']:.3f} | "
-        f"| {student['bytes'] / teacher['bytes']:.3f} "
-        f"| {best['student'] / best['teacher']:.1f}× "
-        f"| {median['student'] / median['teacher']:.1f}× |"
-    )
+    for name, s in sizes.items():
+        if name == "teacher":
+            continue
+        lines.append(
+            f"| {name} / teacher | {s['parameters'] / teacher['parameters']:.3f} | "
+            f"| {s['bytes'] / teacher['bytes']:.3f} "
+            f"| {best[name] / best['teacher']:.1f}× "
+            f"| {median[name] / median['teacher']:.1f}× |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -511,6 +557,17 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--tile", type=int, default=256, help="the teacher's (fixed) tile size")
     parser.add_argument(
         "--student-bands", nargs="+", default=TEACHER_BANDS, help="bands the student takes"
+    )
+    parser.add_argument(
+        "--student",
+        nargs="+",
+        choices=sorted(STUDENTS),
+        default=["mnv3s-d128"],
+        help="students to train, export and time in the same run (the first is the baseline "
+        "of the accuracy ratio)",
+    )
+    parser.add_argument(
+        "--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS), help="what to train"
     )
     parser.add_argument("--distill-weight", type=float, default=1.0)
     parser.add_argument("--prediction-weight", type=float, default=1.0)
@@ -552,28 +609,31 @@ def main() -> None:
         write_half(scene, reference, work / "left", (0, half))
         write_half(scene, reference, work / "right", (half, image.shape[2]))
         runs: list[dict[str, Any]] = []
-        exported: Path | None = None
+        exported: dict[str, Path] = {}
+        export_s: dict[str, float] = {}
+        trained: dict[str, int] = {}
+        # the exported (and timed) model of each student: its first KTDA run (if any is trained)
+        timed = "ktda" if "ktda" in args.variants else "labels"
         for seed in args.seeds:
-            for variant in ("labels", "ktda"):
-                run, task, trainer = train(variant, seed, work, spec, halves, args)
-                runs.append(run)
-                if variant == "ktda" and exported is None:
-                    checkpoint = work / "ktda.ckpt"
-                    trainer.save_checkpoint(checkpoint)
-                    start_export = time.perf_counter()
-                    exported = export_student(checkpoint, work / "student.onnx", overwrite=True)
-                    export_s = time.perf_counter() - start_export
-                    trained = sum(p.numel() for p in task.parameters())
-        assert exported is not None
-        sizes = {
-            "teacher": dict(
-                zip(("parameters", "dtypes"), onnx_parameters(teacher_path), strict=True)
-            ),
-            "student": dict(zip(("parameters", "dtypes"), onnx_parameters(exported), strict=True)),
-        }
-        sizes["teacher"]["bytes"] = teacher_path.stat().st_size
-        sizes["student"]["bytes"] = exported.stat().st_size
-        sizes["student"]["training_parameters"] = trained
+            for student in args.student:
+                for variant in args.variants:
+                    run, task, trainer = train(student, variant, seed, work, spec, halves, args)
+                    runs.append(run)
+                    if variant == timed and student not in exported:
+                        checkpoint = work / f"{student}.ckpt"
+                        trainer.save_checkpoint(checkpoint)
+                        start_export = time.perf_counter()
+                        exported[student] = export_student(
+                            checkpoint, work / f"{student}.onnx", overwrite=True
+                        )
+                        export_s[student] = time.perf_counter() - start_export
+                        trained[student] = sum(p.numel() for p in task.parameters())
+        sizes: dict[str, dict[str, Any]] = {}
+        for name, path in {"teacher": teacher_path, **exported}.items():
+            sizes[name] = dict(zip(("parameters", "dtypes"), onnx_parameters(path), strict=True))
+            sizes[name]["bytes"] = path.stat().st_size
+            if name in trained:
+                sizes[name]["training_parameters"] = trained[name]
         speed = throughput(teacher_path, exported, image, meta, student_bands, args)
     finally:
         if not args.keep:
@@ -587,26 +647,35 @@ def main() -> None:
         "- teacher features: "
         + ", ".join(f"`{decoder_tensor(b)}`" for b in DECODER_BLOCKS)
         + f" ↔ student levels {', '.join(STUDENT_LEVELS)}",
-        f"- student: {STUDENT['arch']} / {STUDENT['encoder']}, decoder "
-        f"{STUDENT['arch_kwargs']['decoder_channels']}, random init, bands "
-        f"{', '.join(args.student_bands)}; CE + 0.5 Dice, AdamW lr {STUDENT['lr']}, poly; "
-        f"{args.crops} random {args.tile}² crops per epoch, batch {args.batch_size}, "
-        f"{args.epochs} epochs; seeds {', '.join(map(str, args.seeds))}",
+        *(
+            f"- student {name}: {STUDENTS[name]['arch']} / {STUDENTS[name]['encoder']}, decoder "
+            f"{STUDENTS[name]['arch_kwargs']['decoder_channels']}, random init"
+            for name in args.student
+        ),
+        f"- training: bands {', '.join(args.student_bands)}; CE + 0.5 Dice, AdamW lr "
+        f"{TRAINING['lr']}, poly; {args.crops} random {args.tile}² crops per epoch, batch "
+        f"{args.batch_size}, {args.epochs} epochs; seeds {', '.join(map(str, args.seeds))}; "
+        f"variants {', '.join(args.variants)}",
         f"- KTDA: distill_weight {args.distill_weight}, alpha 0.5, temperature "
         f"{args.temperature}, prediction_weight {args.prediction_weight}, auxiliary head 0.4, "
         "modulation null, teacher in the loop",
-        f"- KTDA student during training: {sizes['student']['training_parameters'] / 1e6:.2f} M "
-        "parameters (with the FAM projections and the auxiliary head, which export drops)",
-        f"- export to ONNX with parity check: {export_s:.1f} s; throughput: {speed['tiles']} "
-        f"tiles of {args.tile}² × {args.passes} passes per round, {args.repeats} interleaved "
-        f"rounds, {torch.get_num_threads()} ONNX Runtime threads each",
+        *(
+            f"- {name} exported from its first {timed} run: "
+            f"{sizes[name]['training_parameters'] / 1e6:.2f} M parameters during training (with "
+            f"any FAM projections and auxiliary head, which export drops); export with parity "
+            f"check {export_s[name]:.1f} s"
+            for name in exported
+        ),
+        f"- throughput: {speed['tiles']} tiles of {args.tile}² × {args.passes} passes per "
+        f"round, {args.repeats} interleaved rounds (teacher, then each student), "
+        f"{torch.get_num_threads()} ONNX Runtime threads each",
     ]
     markdown = (
         "\n".join(setup)
         + "\n\n"
         + teacher_table(facts)
         + "\n"
-        + agreement_table(runs)
+        + agreement_table(runs, args.student)
         + "\n"
         + seeds_table(runs)
         + "\n"
@@ -618,7 +687,7 @@ def main() -> None:
         "seconds": round(time.perf_counter() - start, 1),
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "teacher_spec": spec,
-        "student": STUDENT,
+        "students": {name: STUDENTS[name] | TRAINING for name in args.student},
         "teacher_facts": facts,
         "runs": runs,
         "sizes": sizes,

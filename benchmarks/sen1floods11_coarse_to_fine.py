@@ -52,16 +52,11 @@ Writes ``<output>/results.{json,md,png}`` (mean ± std over seeds, paired Δ vs 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import rasterio
-
-from geodistill.errors import GeodistillError
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -73,24 +68,25 @@ from experiment_runner import (  # noqa: E402
     set_epochs,
     variant_names,
 )
+from sen1floods11_data import (  # noqa: E402
+    CLASSES,
+    DATA,
+    IGNORE,
+    TEST_CHIPS,
+    check_source,
+    prepare_chip,
+    prepared_summary,
+    write_label,
+    write_summary,
+)
+
+from geodistill.errors import GeodistillError  # noqa: E402
 
 EXPERIMENT = HERE / "sen1floods11_coarse_to_fine.yaml"
-DATA = HERE.parent.parent / "shared" / "data" / "sen1floods11_hand"
 DEFAULT_OUTPUT = "outputs/benchmarks/sen1floods11_c2f"
 FILE_DATA = f"{DEFAULT_OUTPUT}/data"
 """The prepared data folder the experiment file names (the default output's)."""
-SUMMARY = "prepared.json"
-CLASSES = ["dry", "water"]
-IGNORE = 255
 
-TEST_CHIPS = [
-    "Bolivia_129334",
-    "Bolivia_242570",
-    "Bolivia_290290",
-    "Bolivia_314919",
-    "Bolivia_360519",
-    "Bolivia_432776",
-]
 FINE_CHIPS = ["Bolivia_23014", "Bolivia_294583", "Bolivia_60373"]
 OLD_DOMAIN_CHIPS = ["Bolivia_103757", "Spain_7370579"]
 """Coarse-domain chips kept out of every training set: with their hand labels they score what a
@@ -138,33 +134,6 @@ def weak_label(image: np.ndarray) -> np.ndarray:
     return label
 
 
-def hand_label(path: Path, image: np.ndarray) -> np.ndarray:
-    """The hand label as uint8 (0 dry, 1 water, 255 where it is -1 or the image is nodata)."""
-    with rasterio.open(path) as src:
-        raw = src.read(1)
-    label = np.where(raw < 0, IGNORE, raw).astype(np.uint8)
-    label[(image == 0).any(axis=0)] = IGNORE
-    return label
-
-
-def _write_label(path: Path, label: np.ndarray, profile: dict[str, Any]) -> None:
-    """A uint8 label on the image's grid (its CRS and transform), nodata 255."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    out = {
-        "driver": "GTiff",
-        "height": label.shape[0],
-        "width": label.shape[1],
-        "count": 1,
-        "dtype": "uint8",
-        "nodata": IGNORE,
-        "crs": profile["crs"],
-        "transform": profile["transform"],
-        "compress": "deflate",
-    }
-    with rasterio.open(path, "w", **out) as dst:
-        dst.write(label[None])
-
-
 def agreement(weak: np.ndarray, hand: np.ndarray) -> dict[str, float | int]:
     """Pixel accuracy and water IoU of ``weak`` against ``hand`` where both are labelled."""
     both = (weak != IGNORE) & (hand != IGNORE)
@@ -191,14 +160,10 @@ def _rates(counts: dict[str, float | int]) -> dict[str, float | None]:
 def prepare(root: Path, data: Path) -> dict[str, Any]:
     """Write the splits' images, hand labels and the coarse chips' weak labels under ``data``
     (skipped when ``data/prepared.json`` holds the same recipe); returns that summary."""
-    summary_path = data / SUMMARY
-    if summary_path.exists():
-        summary = json.loads(summary_path.read_text())
-        if summary.get("recipe") == RECIPE:
-            return summary
-    missing = [p for p in (root / "S2Hand", root / "LabelHand") if not p.is_dir()]
-    if missing:
-        raise GeodistillError("no such folder (the Sen1Floods11 hand-labelled chips)", missing[0])
+    summary = prepared_summary(data, RECIPE)
+    if summary is not None:
+        return summary
+    check_source(root)
     per_chip: dict[str, Any] = {}
     totals: dict[str, int] = {}
     splits = (
@@ -209,21 +174,11 @@ def prepare(root: Path, data: Path) -> dict[str, Any]:
     )
     for split, chips in splits:
         for chip in chips:
-            source = root / "S2Hand" / f"{chip}_S2Hand.tif"
-            with rasterio.open(source) as src:
-                image, profile = src.read(), src.profile
-            folder = data / split
-            (folder / "images").mkdir(parents=True, exist_ok=True)
-            target = folder / "images" / f"{chip}.tif"
-            staging = target.with_suffix(".tmp")
-            staging.write_bytes(source.read_bytes())
-            os.replace(staging, target)
-            hand = hand_label(root / "LabelHand" / f"{chip}_LabelHand.tif", image)
-            _write_label(folder / "hand" / f"{chip}.tif", hand, profile)
+            image, hand, profile = prepare_chip(root, chip, data / split)
             if split != "coarse":
                 continue
             weak = weak_label(image)
-            _write_label(folder / "weak" / f"{chip}.tif", weak, profile)
+            write_label(data / split / "weak" / f"{chip}.tif", weak, profile)
             counts = agreement(weak, hand)
             per_chip[chip] = {**counts, **_rates(counts)}
             for key, value in counts.items():
@@ -237,7 +192,7 @@ def prepare(root: Path, data: Path) -> dict[str, Any]:
             "note": "pixels labelled in both (hand label not -1, image not nodata)",
         },
     }
-    summary_path.write_text(json.dumps(summary, indent=2) + "\n")
+    write_summary(data, summary)
     return summary
 
 

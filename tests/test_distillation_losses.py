@@ -14,6 +14,7 @@ from geodistill.losses.attention import (
     class_boundaries,
     distillation_attention,
 )
+from geodistill.losses.balance import capped_weight
 from geodistill.losses.distillation import (
     FeatureAligner,
     FeatureDistillation,
@@ -381,3 +382,49 @@ def test_feature_distillation_level_count_mismatch_is_a_value_error():
             [torch.randn(1, 8, 4, 4)],
             torch.ones(1, 4, 4, dtype=torch.bool),
         )
+
+
+# --------------------------------------------------------------------------------------------
+# capping a distillation term's weight
+
+
+def test_capped_weight_is_unchanged_below_the_cap():
+    weight = capped_weight(2.0, torch.tensor(1.0), torch.tensor(1.0), max_ratio=3.0)
+    assert weight.item() == 2.0  # 2 · 1 <= 3 · 1
+    at_the_cap = capped_weight(3.0, torch.tensor(1.0), torch.tensor(1.0), max_ratio=3.0)
+    assert at_the_cap.item() == 3.0
+
+
+def test_capped_weight_lowers_the_weight_to_the_cap_above_it():
+    term, supervised = torch.tensor(10.0), torch.tensor(0.5)
+    weight = capped_weight(2.0, term, supervised, max_ratio=4.0)
+    assert weight.item() == pytest.approx(4.0 * 0.5 / 10.0)  # 2 · 10 = 20 > 4 · 0.5 = 2
+    assert (weight * term).item() == pytest.approx(4.0 * supervised.item())
+
+
+def test_capped_weight_without_a_cap_or_with_zero_weight_is_the_weight():
+    term, supervised = torch.tensor(100.0), torch.tensor(0.1)
+    for weight, ratio in ((2.0, None), (0.0, 0.5), (0.0, None)):
+        value = capped_weight(weight, term, supervised, ratio)
+        assert isinstance(value, torch.Tensor) and value.dtype == term.dtype
+        assert value.item() == weight
+    # a term of zero or less keeps its weight
+    assert capped_weight(2.0, torch.tensor(-1.0), supervised, 0.5).item() == 2.0
+    assert capped_weight(2.0, torch.tensor(0.0), supervised, 0.5).item() == 2.0
+
+
+@pytest.mark.parametrize("ratio", [0.0, -1.0])
+def test_capped_weight_refuses_a_ratio_that_is_not_positive(ratio):
+    with pytest.raises(ValueError, match=f"max_ratio must be > 0, got {ratio}"):
+        capped_weight(1.0, torch.tensor(1.0), torch.tensor(1.0), ratio)
+
+
+def test_no_gradient_flows_through_the_cap_factor():
+    term = torch.tensor(10.0, requires_grad=True)
+    supervised = torch.tensor(0.5, requires_grad=True)
+    weight = capped_weight(2.0, term, supervised, max_ratio=4.0)
+    assert not weight.requires_grad
+    (weight * term).backward()
+    # d(weight · term)/d(term) is the capped weight alone; the supervised loss gets nothing
+    assert term.grad is not None and term.grad.item() == pytest.approx(weight.item())
+    assert supervised.grad is None

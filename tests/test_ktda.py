@@ -217,9 +217,57 @@ def test_mse_part_and_the_alpha_mix():
 
 
 def width_softmax_kl(student: Tensor, teacher: Tensor) -> Tensor:
-    """KTDA's public code: the softmax over the last (width) axis."""
+    """The KL part with ``kl_axis="width"`` (KTDA's public code), on fully valid maps."""
+    valid = torch.ones(student.shape[0], *student.shape[-2:], dtype=torch.bool)
+    return alignment_terms([student], [teacher], valid, kl_axis="width")["kl"]
+
+
+def test_the_width_kl_is_a_kl_over_each_rows_columns():
+    shapes = [(2, 3, 4, 5), (2, 2, 2, 3)]
+    student, teacher = random_maps(*shapes, seed=11), random_maps(*shapes, seed=12)
+    valid = torch.ones(2, 8, 10, dtype=torch.bool)
+    temperature = 2.0
+    per_level = []
+    for s, t in zip(student, teacher, strict=True):
+        values = []  # one KL per image, channel and row, summed over the row's columns
+        b, c, h, _ = s.shape
+        for i in range(b):
+            for k in range(c):
+                for y in range(h):
+                    p = torch.softmax(t[i, k, y] / temperature, 0)
+                    q = torch.softmax(s[i, k, y] / temperature, 0)
+                    values.append(float((p * (p / q).log()).sum()) * temperature**2)
+        per_level.append(np.mean(values))
+    terms = alignment_terms(student, teacher, valid, temperature, kl_axis="width")
+    assert terms["kl"].item() == pytest.approx(float(np.mean(per_level)), rel=1e-5)
+    # The MSE part does not depend on the KL's axis.
+    channels = alignment_terms(student, teacher, valid, temperature)
+    assert terms["mse"].item() == pytest.approx(channels["mse"].item(), rel=1e-6)
+    assert channels["kl"].item() != pytest.approx(terms["kl"].item(), rel=1e-3)
+    with pytest.raises(ValueError, match="kl_axis must be one of channels, width, got 'rows'"):
+        alignment_terms(student, teacher, valid, kl_axis="rows")
+
+
+def test_the_width_kl_drops_rows_that_touch_nodata():
+    student, teacher = random_maps((2, 4, 4, 4), (2, 4, 4, 4), seed=13)
+    valid = torch.ones(2, 8, 8, dtype=torch.bool)
+    valid[1, 2, 6] = False  # one pixel of image 1: its level row 1 (input rows 2-3) is dropped
     log_s, log_t = F.log_softmax(student, -1), F.log_softmax(teacher, -1)
-    return (log_t.exp() * (log_t - log_s)).sum(-1).mean()
+    kl = F.kl_div(log_s, log_t, reduction="none", log_target=True)
+    per_row = kl.sum(-1).mean(1)  # (B, H)
+    kept = torch.ones(2, 4, dtype=torch.bool)
+    kept[1, 1] = False
+    terms = alignment_terms([student], [teacher], valid, kl_axis="width")
+    assert terms["kl"].item() == pytest.approx(per_row[kept].mean().item(), rel=1e-5)
+    # Whatever the maps hold in a dropped row, the KL does not change.
+    noisy = student.clone()
+    noisy[1, :, 1] = 1e3
+    again = alignment_terms([noisy], [teacher], valid, kl_axis="width")
+    assert again["kl"].item() == pytest.approx(terms["kl"].item(), rel=1e-6)
+    # A nodata column touches every row: nothing is left, the KL is 0.
+    column = torch.ones(2, 8, 8, dtype=torch.bool)
+    column[:, :, 0] = False
+    assert alignment_terms([student], [teacher], column, kl_axis="width")["kl"].item() == 0.0
 
 
 def test_the_loss_depends_on_what_each_location_encodes_not_on_the_crop():
@@ -469,6 +517,53 @@ def test_training_step_adds_the_weighted_terms(teacher_ckpt, batch, monkeypatch)
         assert sum(p.grad.abs().sum() for p in part.parameters() if p.grad is not None) > 0
 
 
+def step_logs(task: SegmentationTask, batch: dict[str, Tensor], monkeypatch) -> tuple:
+    """One training step: the loss and what it logged."""
+    logs: dict[str, Tensor] = {}
+    monkeypatch.setattr(task, "log", lambda name, value, **_: logs.__setitem__(name, value))
+    monkeypatch.setattr(task, "log_dict", lambda values, **_: logs.update(values))
+    return task.training_step(batch, 0), logs
+
+
+def test_the_width_kl_option_reaches_the_training_terms(teacher_ckpt, batch):
+    task = make_task(teacher_ckpt, kl_axis="width", temperature=2.0)
+    method = ktda(task)
+    perturb(task.model)
+    task.eval()
+    with torch.no_grad():
+        student = task.model.forward_features(batch["image"])
+        teacher = method.teacher(batch["image"])
+        aligned = method.alignment(select_levels(student, LEVELS), teacher.features)
+        valid = ~torch.isnan(batch["image"]).any(1)
+        terms = method.distillation_terms(student, teacher, valid)
+        width = alignment_terms(aligned, teacher.features, valid, 2.0, kl_axis="width")
+        channels = alignment_terms(aligned, teacher.features, valid, 2.0)
+    assert terms["kl"].item() == pytest.approx(width["kl"].item(), rel=1e-6)
+    assert terms["kl"].item() != pytest.approx(channels["kl"].item(), rel=1e-3)
+
+
+def test_the_distillation_cap_keeps_the_term_within_the_ratio(teacher_ckpt, batch, monkeypatch):
+    plain = make_task(teacher_ckpt, distill_weight=2.0, aux_weight=0.0)
+    perturb(plain.model)
+    plain.train()
+    torch.manual_seed(0)
+    _, logs = step_logs(plain, batch, monkeypatch)
+    assert "train/distill_weight_effective" not in logs  # off by default
+    supervised, distill = logs["train/loss_supervised"], logs["train/loss_distill"]
+    ratio = 0.5 * (2.0 * distill / supervised).item()  # half of today's ratio: the cap bites
+    for cap, expected in ((ratio, ratio * supervised / distill), (1e6, torch.tensor(2.0))):
+        task = make_task(teacher_ckpt, distill_weight=2.0, aux_weight=0.0, max_distill_ratio=cap)
+        task.load_state_dict(plain.state_dict())
+        task.train()
+        torch.manual_seed(0)
+        loss, logs = step_logs(task, batch, monkeypatch)
+        effective = logs["train/distill_weight_effective"]
+        assert effective.item() == pytest.approx(expected.item(), rel=1e-5)
+        assert logs["train/loss_distill"].item() == pytest.approx(distill.item(), rel=1e-6)
+        assert loss.item() == pytest.approx((supervised + effective * distill).item(), rel=1e-5)
+        assert (effective * distill).item() <= cap * supervised.item() * (1 + 1e-5)
+
+
 def test_a_vit_teacher_from_timm(batch, monkeypatch):
     """A ViT's levels share one stride-16 grid: FAM projects and resizes every student level to
     it. (Random weights: ``path`` is left out, nothing is downloaded.)"""
@@ -700,6 +795,9 @@ def test_training_on_a_teacher_cache(data, teacher_ckpt, tmp_path, monkeypatch):
         ({"student_levels": ["middle"] * 3}, "unknown feature level 'middle'"),
         ({"aux_level": "encoder.7"}, "the encoder has 4 levels"),
         ({"teacher": {"kind": "geodistill", "pth": "x"}}, "unknown teacher option"),
+        ({"kl_axis": "rows"}, "kl_axis must be one of 'channels', 'width', got 'rows'"),
+        ({"max_distill_ratio": 0.0}, r"max_distill_ratio must be > 0 \(or null for no cap\)"),
+        ({"max_distill_ratio": -1.0}, "max_distill_ratio must be > 0"),
     ],
 )
 def test_bad_settings_are_refused(teacher_ckpt, kwargs, message):
@@ -770,14 +868,33 @@ def test_teacher_spec_round_trips_through_hyper_parameters(teacher_ckpt):
 
 
 def test_checkpoint_hyper_parameters_rebuild_the_same_task(teacher_ckpt):
-    task = make_task(teacher_ckpt, prediction_weight=0.5, aux_weight=0.3)
+    task = make_task(
+        teacher_ckpt,
+        prediction_weight=0.5,
+        aux_weight=0.3,
+        kl_axis="width",
+        max_distill_ratio=0.5,
+    )
     perturb(task)
     again = SegmentationTask(**copy.deepcopy(dict(task.hparams)))
     assert again.hparams.distillation == task.hparams.distillation
+    assert ktda(again).settings["kl_axis"] == "width"
+    assert ktda(again).settings["max_distill_ratio"] == 0.5
     assert again.state_dict().keys() == task.state_dict().keys()
     again.load_state_dict(task.state_dict(), strict=True)
     for key, value in task.state_dict().items():
         assert torch.equal(again.state_dict()[key], value), key
+
+
+def test_hyper_parameters_recorded_before_the_kl_axis_and_the_cap_still_load(teacher_ckpt):
+    task = make_task(teacher_ckpt)
+    old = copy.deepcopy(dict(task.hparams))
+    for option in ("kl_axis", "max_distill_ratio"):
+        del old["distillation"]["init_args"][option]
+    again = SegmentationTask(**old)
+    assert ktda(again).settings["kl_axis"] == "channels"
+    assert ktda(again).settings["max_distill_ratio"] is None
+    again.load_state_dict(task.state_dict(), strict=True)
 
 
 def test_a_checkpoint_config_never_imports_an_unknown_class():

@@ -8,11 +8,17 @@ are loss heads: they live in the training task, never in the deployed student.
 
     alpha · T² · KL(softmax_c(t / T) ‖ softmax_c(s / T)) + (1 − alpha) · MSE(s, t)
 
-averaged over valid locations, then over levels. The softmax runs over **channels** at each
-location, so each location's term compares what the two networks encode there. (KTDA's public
-code takes the softmax over the last, width, axis: each channel's activations then form one
-distribution per image row, and a location's term depends on its column, on every other column
-of the row, and on the crop width.)
+averaged over valid locations, then over levels. By default (``kl_axis="channels"``) the
+softmax runs over **channels** at each location, so each location's term compares what the two
+networks encode there.
+
+``kl_axis="width"`` reproduces KTDA's public code, which takes the softmax over the last, width,
+axis of ``(B, C, H, W)`` maps: each channel's activations along one row form one distribution,
+the KL is summed over the row's columns and averaged over rows, channels and images. A row's term
+then depends on every column of the row, on the crop width and on the tile's orientation. Nodata
+cannot be left out per location there (it enters the row's normalisation), so a row counts only
+if its whole footprint is valid: rows of a level's grid that touch nodata or padding are
+dropped from the KL (the MSE part stays masked per location).
 """
 
 from __future__ import annotations
@@ -22,6 +28,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from geodistill.losses.distillation import _resize_map
+
+KL_AXES = ("channels", "width")
+"""Axes the alignment KL's softmax can run over: ``channels`` per location, ``width`` per
+channel and row (KTDA's public code)."""
 
 
 class FeatureAlignment(nn.Module):
@@ -71,17 +81,26 @@ def _bilinear(x: Tensor, size: tuple[int, int]) -> Tensor:
 
 
 def alignment_terms(
-    student: list[Tensor], teacher: list[Tensor], valid: Tensor, temperature: float = 1.0
+    student: list[Tensor],
+    teacher: list[Tensor],
+    valid: Tensor,
+    temperature: float = 1.0,
+    kl_axis: str = "channels",
 ) -> dict[str, Tensor]:
-    """The two parts of :func:`alignment_loss`, each averaged over valid locations and levels:
-    ``kl`` (channel-softmax KL times ``T²``) and ``mse`` (mean squared difference).
+    """The two parts of :func:`alignment_loss`, each averaged over levels: ``kl`` (the KL times
+    ``T²``, its softmax over ``kl_axis``) and ``mse`` (mean squared difference over channels,
+    averaged over valid locations).
 
     ``student`` maps must already be aligned (same shape as ``teacher``'s); ``valid`` is the
     ``(B, H, W)`` validity of the input pixels (False on nodata and padding), area-resized to
     each level's grid, so a feature cell counts in proportion to the valid share of its footprint.
+    With ``kl_axis="width"`` the KL counts only rows whose cells are all entirely valid (see the
+    module docstring); a level without such rows adds 0.
     """
     if len(student) != len(teacher) or not student:
         raise ValueError(f"{len(student)} student maps for {len(teacher)} teacher maps")
+    if kl_axis not in KL_AXES:
+        raise ValueError(f"kl_axis must be one of {', '.join(KL_AXES)}, got {kl_axis!r}")
     kls, mses = [], []
     for s, t in zip(student, teacher, strict=True):
         if s.shape != t.shape:
@@ -89,13 +108,23 @@ def alignment_terms(
         s, t = s.float(), t.float()
         weights = _resize_map(valid, (int(t.shape[-2]), int(t.shape[-1])))
         total = weights.sum().clamp_min(1e-6)
-        log_student = F.log_softmax(s / temperature, dim=1)
-        log_teacher = F.log_softmax(t / temperature, dim=1)
-        kl = (log_teacher.exp() * (log_teacher - log_student)).sum(1) * temperature**2
+        if kl_axis == "channels":
+            kl = _kl(s, t, temperature, dim=1)  # (B, H, W): one term per location
+            kls.append((weights * kl).sum() / total)
+        else:
+            kl = _kl(s, t, temperature, dim=-1).mean(1)  # (B, H): one term per row
+            rows = (weights >= 1 - 1e-6).all(-1).to(kl.dtype)
+            kls.append((rows * kl).sum() / rows.sum().clamp_min(1.0))
         mse = (s - t).pow(2).mean(1)
-        kls.append((weights * kl).sum() / total)
         mses.append((weights * mse).sum() / total)
     return {"kl": torch.stack(kls).mean(), "mse": torch.stack(mses).mean()}
+
+
+def _kl(student: Tensor, teacher: Tensor, temperature: float, dim: int) -> Tensor:
+    """``T² · KL(softmax(t / T) ‖ softmax(s / T))`` with the softmax and the sum over ``dim``."""
+    log_student = F.log_softmax(student / temperature, dim=dim)
+    log_teacher = F.log_softmax(teacher / temperature, dim=dim)
+    return (log_teacher.exp() * (log_teacher - log_student)).sum(dim) * temperature**2
 
 
 def alignment_loss(
@@ -104,7 +133,8 @@ def alignment_loss(
     valid: Tensor,
     alpha: float = 0.5,
     temperature: float = 1.0,
+    kl_axis: str = "channels",
 ) -> Tensor:
     """KTDA's distillation loss: ``alpha · KL + (1 − alpha) · MSE`` (see the module docstring)."""
-    terms = alignment_terms(student, teacher, valid, temperature)
+    terms = alignment_terms(student, teacher, valid, temperature, kl_axis)
     return alpha * terms["kl"] + (1 - alpha) * terms["mse"]

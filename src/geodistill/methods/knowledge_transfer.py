@@ -5,14 +5,18 @@ decoder, see :mod:`geodistill.models.modulation`) learns the labels while its en
 are aligned with a frozen teacher's:
 
     loss = supervised(logits, y)
-         + distill_weight    · mean_ℓ [ alpha·T²·KL_c(t_ℓ ‖ FAM_ℓ(s_ℓ)) + (1 − alpha)·MSE ]
+         + distill_weight'   · mean_ℓ [ alpha·T²·KL_c(t_ℓ ‖ FAM_ℓ(s_ℓ)) + (1 − alpha)·MSE ]
          + aux_weight        · supervised(aux_head(s_aux), y)
          + prediction_weight · T²·KL(teacher logits ‖ student logits)      (teachers with logits)
 
 ``s_ℓ`` are the student's encoder features at ``student_levels`` *before* modulation, ``t_ℓ`` the
 teacher's features at its levels (paired in order), ``FAM_ℓ`` a 1×1 projection to the teacher's
 width and a bilinear resize to its grid (:class:`~geodistill.losses.alignment.FeatureAlignment`),
-the KL's softmax runs over channels, and every term is averaged over valid (non-nodata) pixels.
+the KL's softmax runs over channels (``kl_axis="width"``: over the width axis, as KTDA's public
+code does), and every term is averaged over valid (non-nodata) pixels. ``distill_weight'`` is
+``distill_weight``, lowered on the steps where ``distill_weight · distill`` would exceed
+``max_distill_ratio · supervised`` (:func:`~geodistill.losses.balance.capped_weight`; no cap by
+default).
 
 The teacher comes from a :class:`~geodistill.models.teachers.TeacherSpec` (a geodistill
 checkpoint, timm, torchgeo or ONNX model), built with the student for the data's band names. The
@@ -30,13 +34,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from geodistill.errors import GeodistillError
-from geodistill.losses.alignment import FeatureAlignment, alignment_terms
+from geodistill.losses.alignment import KL_AXES, FeatureAlignment, alignment_terms
+from geodistill.losses.balance import capped_weight
 from geodistill.losses.distillation import prediction_distillation
 from geodistill.methods.base import (
     DataContext,
     Distillation,
     Step,
     StudentArguments,
+    check_choice,
     check_non_negative,
     register_method,
 )
@@ -85,6 +91,12 @@ class KnowledgeTransfer(Distillation):
         distill_weight: weight of the feature alignment loss.
         alpha: share of the KL part in the alignment loss, in ``[0, 1]`` (the rest is MSE).
         temperature: softening of the KL terms (> 0).
+        kl_axis: axis of the alignment KL's softmax: ``"channels"`` (per location, the default)
+            or ``"width"`` (per channel and image row, as KTDA's public code; rows touching
+            nodata are left out of the KL).
+        max_distill_ratio: cap on the alignment term: on each step its weight is lowered so
+            that ``weight · distill <= max_distill_ratio · supervised`` (> 0); ``None`` (the
+            default) leaves ``distill_weight`` as it is.
         modulation: feature modulation in the student (``{kind, depth, heads, mlp_ratio,
             levels, layer_scale}``; ``levels`` defaults to the encoder levels among
             ``student_levels``), or ``None`` for a plain student.
@@ -114,6 +126,8 @@ class KnowledgeTransfer(Distillation):
         teacher_cache: str | None = None,
         cache_on_mismatch: Literal["rebuild", "refuse"] = "rebuild",
         cache_dtype: str = "float16",
+        kl_axis: Literal["channels", "width"] = "channels",
+        max_distill_ratio: float | None = None,
     ) -> None:
         super().__init__()
         check_non_negative(
@@ -126,6 +140,12 @@ class KnowledgeTransfer(Distillation):
         if not temperature > 0:
             raise GeodistillError(f"model.distillation.temperature must be > 0, got {temperature}")
         check_cache_settings(cache_on_mismatch)
+        check_choice("kl_axis", kl_axis, KL_AXES)
+        if max_distill_ratio is not None and not max_distill_ratio > 0:
+            raise GeodistillError(
+                "model.distillation.max_distill_ratio must be > 0 (or null for no cap), "
+                f"got {max_distill_ratio}"
+            )
         spec = TeacherSpec.from_value(teacher)
         levels = [str(level) for level in student_levels or DEFAULT_STUDENT_LEVELS]
         if spec.layers is not None and len(spec.layers) != len(levels):
@@ -149,6 +169,8 @@ class KnowledgeTransfer(Distillation):
             teacher_cache=teacher_cache,
             cache_on_mismatch=cache_on_mismatch,
             cache_dtype=cache_dtype,
+            kl_axis=kl_axis,
+            max_distill_ratio=max_distill_ratio,
         )
         self.teachers: FrozenTeachers | None = None
         self.aux_head: AuxiliaryHead | None = None
@@ -246,7 +268,9 @@ class KnowledgeTransfer(Distillation):
         if hp["distill_weight"] > 0:
             assert self.alignment is not None
             aligned = self.alignment(select_levels(student, hp["student_levels"]), teacher.features)
-            parts = alignment_terms(aligned, teacher.features, valid, hp["temperature"])
+            parts = alignment_terms(
+                aligned, teacher.features, valid, hp["temperature"], hp["kl_axis"]
+            )
             terms["distill"] = hp["alpha"] * parts["kl"] + (1 - hp["alpha"]) * parts["mse"]
             terms["kl"], terms["mse"] = parts["kl"], parts["mse"]
         if hp["prediction_weight"] > 0:
@@ -287,7 +311,16 @@ class KnowledgeTransfer(Distillation):
         if self.active:
             valid = ~torch.isnan(images).any(1)
             terms = self.distillation_terms(student, self.teacher_outputs(batch), valid)
-            weights = {"distill": hp["distill_weight"], "prediction": hp["prediction_weight"]}
+            weights: dict[str, float | Tensor] = {
+                "distill": hp["distill_weight"],
+                "prediction": hp["prediction_weight"],
+            }
+            if hp["max_distill_ratio"] is not None and "distill" in terms:
+                capped = capped_weight(
+                    hp["distill_weight"], terms["distill"], supervised, hp["max_distill_ratio"]
+                )
+                weights["distill"] = capped
+                logs["distill_weight_effective"] = capped.detach()
             for name, value in terms.items():
                 logs[f"loss_{name}"] = value.detach()
                 if name in weights:
