@@ -32,9 +32,10 @@ VARIANTS = [
     "feature_kd",
     "oracle",
     "attentive",
+    "attentive_features",
     "feature_only",
-    "prediction_only",
     "no_attention",
+    "attentive_calibrated",
 ]
 SELECTED = ["fine_only", "naive_finetune", "attentive"]
 RECIPE_CLASSES = ["background", "mining"]

@@ -183,7 +183,7 @@ def distilled(teacher_ckpt, data, tmp_path_factory) -> SimpleNamespace:
     shutil.copy(teacher_ckpt, teacher_copy)
     L.seed_everything(0, verbose=False)
     datamodule = build_datamodule(data, unlabeled_from="coarse")
-    task = make_task(teacher_copy, lr=0.01, warmup_fraction=0.0)
+    task = make_task(teacher_copy, feature_weight=1.0, lr=0.01, warmup_fraction=0.0)
     teacher_before = clone_state(teacher_model(task))
     student_before = clone_state(task.model)
     result = quiet_fit(task, datamodule, tmp / "run", max_epochs=1)
@@ -269,7 +269,7 @@ def test_attentive_and_uniform_distillation_differ_on_the_same_batch(teacher_ckp
     images, mask = batch["labeled"]["image"], batch["labeled"]["mask"]
     terms = {}
     for attention in ("attentive", "uniform"):
-        task = make_task(teacher_ckpt, attention=attention)
+        task = make_task(teacher_ckpt, attention=attention, feature_weight=1.0)
         perturb(task.model)
         task.eval()
         with torch.no_grad():
@@ -311,6 +311,25 @@ def test_training_step_adds_the_weighted_distillation_terms(teacher_ckpt, batch,
     loss.backward()
     assert all(p.grad is None for p in teacher_model(task).parameters())
     assert task.model.network.segmentation_head[0].weight.grad.abs().sum() > 0
+
+
+def test_defaults_distil_predictions_only(teacher_ckpt, batch, monkeypatch):
+    task = make_task(teacher_ckpt)
+    assert method(task).settings["feature_weight"] == 0.0
+    assert method(task).settings["prediction_weight"] == 1.0
+    assert method(task).settings["calibrate"] is False
+    logs: dict[str, Tensor] = {}
+    monkeypatch.setattr(task, "log", lambda name, value, **_: logs.__setitem__(name, value))
+    monkeypatch.setattr(task, "log_dict", lambda values, **_: logs.update(values))
+    task.train()
+    loss = task.training_step(batch, 0)
+    assert not any("feature" in name for name in logs)
+    expected = (
+        logs["train/loss_supervised"]
+        + logs["train/fine_prediction"]
+        + logs["train/unlabeled_prediction"]
+    )
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
 
 
 def test_no_distillation_weights_never_call_the_teacher(teacher_ckpt, batch, monkeypatch):
