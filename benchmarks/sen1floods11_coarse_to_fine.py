@@ -34,12 +34,12 @@ copies simply carry the image's transform). Preparation is idempotent: it is ski
 ``prepared.json`` holds the same recipe.
 
 Then the experiment (stage 1 ``coarse_only`` on the weak labels, and the variants ``fine_only``
-(baseline), ``naive_finetune``, ``joint``, ``lwf``, ``attentive``, ``feature_only``,
-``prediction_only``, ``no_attention``) runs through ``geodistill.experiments`` exactly like
-``geodistill compare``, from a resolved copy of the file with the prepared data's paths, seeds
-and epochs filled in (``<output>/experiment.resolved.yaml``). Budget: light U-Net-R18 (four
-encoder stages, decoder 128-64-32-16), 128 x 128 crops, 12 per chip, CE + 0.5 Dice, lr 1e-3;
-teacher and joint 8 epochs, students 20; evaluated on whole chips.
+(baseline), ``naive_finetune``, ``joint``, ``lwf``, ``attentive`` (the method's defaults),
+``attentive_features``, ``feature_only``, ``no_attention``, ``attentive_calibrated``) runs through
+``geodistill.experiments`` exactly like ``geodistill compare``, from a resolved copy of the file
+with the prepared data's paths, seeds and epochs filled in (``<output>/experiment.resolved.yaml``).
+Budget: light U-Net-R18 (four encoder stages, decoder 128-64-32-16), 128 x 128 crops, 12 per chip,
+CE + 0.5 Dice, lr 1e-3; teacher and joint 8 epochs, students 20; evaluated on whole chips.
 
     python benchmarks/sen1floods11_coarse_to_fine.py                 # 5 seeds, every variant
     python benchmarks/sen1floods11_coarse_to_fine.py --seeds 0 --variants fine_only,attentive
