@@ -20,6 +20,9 @@ from affine import Affine
 from harness import run_cli, run_main
 from scipy import ndimage
 
+from geodistill.methods import SemiSupervised
+from geodistill.tasks import SegmentationTask
+
 CRS = "EPSG:32633"
 X0, Y0, RES = 500_000.0, 5_000_000.0, 10.0
 SIZE = 64
@@ -33,6 +36,33 @@ TINY_MODEL: dict[str, Any] = {
     "encoder": "tu-resnet18",
     "arch_kwargs": {"encoder_depth": 3, "decoder_channels": [16, 8, 8]},
 }
+
+
+BAND_NAMES = [f"b{i}" for i in range(BANDS)]
+"""The band descriptions :func:`make_dataset` writes, the names teachers are built for."""
+TIMM_TEACHER: dict[str, Any] = {
+    "kind": "timm",
+    "arch": "resnet10t",
+    "layers": [3],
+    "bands": ["b0", "b1", "b2"],
+}
+"""A tiny timm CNN with random weights (no ``path``: nothing is read or downloaded); its stage 3
+has 256 channels at stride 16, the tiny student's deepest level 128 at stride 8."""
+
+
+def semi_supervised_task(lr: float | None = None, **method_args: Any) -> SegmentationTask:
+    """The tiny student with a ``SemiSupervised`` method of ``method_args`` (teachers built for
+    :data:`BAND_NAMES`); ``lr`` overrides the task's default."""
+    task_args: dict[str, Any] = {} if lr is None else {"lr": lr}
+    return SegmentationTask(
+        in_channels=BANDS,
+        num_classes=len(CLASSES),
+        class_names=CLASSES,
+        band_names=list(BAND_NAMES),
+        **task_args,
+        **TINY_MODEL,
+        distillation=SemiSupervised(**method_args),
+    )
 
 
 def chip_transform(index: int, size: int = SIZE) -> Affine:

@@ -22,10 +22,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 from fixtures_small import (
+    BAND_NAMES,
     CLASSES,
+    TIMM_TEACHER,
     TINY_MODEL,
     config_dict,
     make_dataset,
+    semi_supervised_task,
     write_config,
     write_tif,
 )
@@ -60,11 +63,6 @@ from geodistill.models import create_student
 from geodistill.models.checkpoint import network_from_checkpoint, read_checkpoint
 from geodistill.models.fusion import FeatureFusion, FusionConfig, Translator
 from geodistill.tasks import SegmentationTask
-
-BANDS = ["b0", "b1", "b2", "b3"]
-TIMM_TEACHER = {"kind": "timm", "arch": "resnet10t", "layers": [3], "bands": ["b0", "b1", "b2"]}
-"""A tiny timm CNN with random weights (no ``path``: nothing is read or downloaded); its stage 3
-has 256 channels at stride 16, the tiny student's deepest level 128 at stride 8."""
 
 
 @pytest.fixture(scope="module")
@@ -163,16 +161,7 @@ def logged(rows: list[dict[str, str]]) -> set[str]:
     return {k for row in rows for k, v in row.items() if v}
 
 
-def make_task(**kwargs: Any) -> SegmentationTask:
-    """A task with a :class:`SemiSupervised` method of ``kwargs`` (teachers built for BANDS)."""
-    return SegmentationTask(
-        in_channels=4,
-        num_classes=2,
-        class_names=CLASSES,
-        band_names=list(BANDS),
-        **TINY_MODEL,
-        distillation=SemiSupervised(**kwargs),
-    )
+make_task = semi_supervised_task
 
 
 def method(task: SegmentationTask) -> SemiSupervised:
@@ -617,7 +606,7 @@ def test_a_fitted_task_reloads_with_its_method(fused, plain):
     semi = method(task)
     assert task.model.fusion is not None and semi.ema is not None
     assert semi.translators is None and semi.translator_list() is task.model.fusion.translators
-    assert task.band_names == BANDS
+    assert task.band_names == BAND_NAMES
     # The teachers are rebuilt from their recorded specs, for the recorded bands.
     assert [t.channels()[-1] for t in semi.teachers] == [128, 256]
     state = torch.load(fused.last, map_location="cpu", weights_only=False)["state_dict"]

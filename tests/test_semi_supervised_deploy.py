@@ -16,7 +16,14 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from fixtures_small import CLASSES, TINY_MODEL, config_dict, make_dataset, write_config
+from fixtures_small import (
+    BAND_NAMES,
+    TIMM_TEACHER,
+    config_dict,
+    make_dataset,
+    semi_supervised_task,
+    write_config,
+)
 from harness import quiet_trainer, run_quietly
 from torch import Tensor
 from torch.utils.data import DataLoader
@@ -36,22 +43,11 @@ from geodistill.models.fusion import FeatureFusion, FusionConfig
 from geodistill.models.teachers import build_teacher
 from geodistill.tasks import SegmentationTask
 
-BANDS = ["b0", "b1", "b2", "b3"]
-TIMM_TEACHER = {"kind": "timm", "arch": "resnet10t", "layers": [3], "bands": ["b0", "b1", "b2"]}
-"""A tiny timm CNN with random weights (nothing read or downloaded), 256 channels at stage 3."""
 EMA_PREFIX = "distillation.ema.module."
 
 
 def make_task(lr: float = 0.01, **kwargs: Any) -> SegmentationTask:
-    return SegmentationTask(
-        in_channels=4,
-        num_classes=2,
-        class_names=CLASSES,
-        band_names=list(BANDS),
-        lr=lr,
-        **TINY_MODEL,
-        distillation=SemiSupervised(**kwargs),
-    )
+    return semi_supervised_task(lr=lr, **kwargs)
 
 
 def method(task: SegmentationTask) -> SemiSupervised:
@@ -176,7 +172,7 @@ def test_a_checkpoint_without_a_deployment_record_deploys_the_student():
     semi = method(task)
     semi.on_validation_scores(task, {"student": 0.1, "ema": 0.9})
     assert task.deployed_name() == "ema"
-    task.on_load_checkpoint({"geodistill": {"band_names": BANDS}})  # older: no "deployed"
+    task.on_load_checkpoint({"geodistill": {"band_names": BAND_NAMES}})  # older: no "deployed"
     assert task.deployed_name() == "student" and task.deployed_model() is task.model
 
 
@@ -239,7 +235,7 @@ def test_checkpoints_record_and_export_the_deployed_network(deploy, scores, netw
         "deploy": deploy,
         "val_mIoU": scores,
     }
-    assert checkpoint["geodistill"]["band_names"] == BANDS  # next to the other metadata
+    assert checkpoint["geodistill"]["band_names"] == BAND_NAMES  # next to the other metadata
     saved = exported_weights(task, tmp_path, "run")
     deployed = semi.ema.module if network == "ema" else task.model
     assert_same_weights(saved["state_dict"], deployed)
@@ -506,7 +502,7 @@ def test_every_checkpoint_reader_rebuilds_the_deployed_network(tmp_path):
     ema = method(task).ema.module
     network = network_from_checkpoint(read_checkpoint(path), path)
     assert_same_weights({f"model.{k}": v for k, v in network.state_dict().items()}, ema)
-    teacher = build_teacher({"kind": "geodistill", "path": str(path)}, list(BANDS))
+    teacher = build_teacher({"kind": "geodistill", "path": str(path)}, list(BAND_NAMES))
     assert_same_weights(
         {f"model.{k}": v for k, v in teacher.network.model.state_dict().items()}, ema
     )
