@@ -75,6 +75,8 @@ DEMO_DATA = {"seed": 1, "chip_size": 128, "pool": 100, "val": 10, "test": 30}
 """The synthetic data set: data seed 1 (``geodistill demo`` draws seed 0), region B only."""
 TEACHER_STAGES = ("teacher_unet", "teacher_segformer")
 VARIANTS = ["supervised", "fixmatch", "fixmatch_mt"]
+ELSEWHERE_VARIANTS = ["kd", "fixmatch_teacher", "fixmatch_teacher_fixed"]
+"""``dubai_elsewhere``'s variants beside supervised and fixmatch (its file's header)."""
 SMOKE = {"max_steps": 4, "val_every": 2, "teacher_steps": 4, "limit_batches": 2}
 """``--quick``: a few steps, two validation and test batches: proves the pipeline; its metrics
 mean nothing."""
@@ -90,6 +92,10 @@ class Protocol:
     given_note: str
     given_leaks: bool
     large: dict[str, Any]
+    stage_note: str = (
+        "per ratio and seed, a U-Net R34 and a SegFormer trained on the student's chips"
+    )
+    stage_leaks: bool = False
 
 
 PROTOCOLS: dict[str, Protocol] = {
@@ -108,6 +114,24 @@ PROTOCOLS: dict[str, Protocol] = {
             "steps": (3000, 250, 3000),
             "teachers": {"teacher_unet": "resnet50", "teacher_segformer": "mit_b2"},
         },
+    ),
+    "dubai_elsewhere": Protocol(
+        experiment=HERE / "semi_supervised_dubai_elsewhere.yaml",
+        given_teachers=[],
+        given_note="",
+        given_leaks=False,
+        large={
+            "scale": 1.0,
+            "data": {"patch_size": 256, "batch_size": 16, "unlabeled_batch_size": 16},
+            "student": {"arch_kwargs": None},
+            "steps": (3000, 250, 3000),
+            "teachers": {"teacher_elsewhere": "resnet50"},
+        },
+        stage_note=(
+            "per seed, a U-Net R34 trained on districts 1-3 with all their labels: images and "
+            "labels no student run reads (a model trained elsewhere); it knows more than the "
+            "student, and saw none of the student's withheld labels"
+        ),
     ),
     "demo": Protocol(
         experiment=HERE / "semi_supervised_demo.yaml",
@@ -165,7 +189,7 @@ def prepare_demo(args: argparse.Namespace, setting: dict[str, Any]) -> Path:
     return folder
 
 
-PREPARE = {"dubai": prepare_dubai, "demo": prepare_demo}
+PREPARE = {"dubai": prepare_dubai, "dubai_elsewhere": prepare_dubai, "demo": prepare_demo}
 
 
 def pool_images(raw: dict[str, Any]) -> list[str]:
@@ -187,7 +211,8 @@ def edit_experiment(
     base["model"]["init_args"].update(setting.get("student", {}))
     stages = raw.get("stages", {})
     for stage, encoder in setting.get("teachers", {}).items():
-        stages[stage]["overrides"]["model"]["init_args"]["encoder"] = encoder
+        model = stages[stage]["overrides"].setdefault("model", {})
+        model.setdefault("init_args", {})["encoder"] = encoder
     steps, every, teacher_steps = setting.get(
         "steps", (trainer["max_steps"], trainer["val_check_interval"], 0)
     )
@@ -220,7 +245,7 @@ def edit_experiment(
         raw["budgets"] = [{"train_ratio": r} for r in sorted(args.ratios)]
     if args.quick:
         raw["budgets"] = raw["budgets"][:1]
-    semi_variants = [v for v in raw["variants"].values() if distillation_args(v) is not None]
+    semi_variants = [v for v in raw["variants"].values() if is_semi_supervised(v)]
     for overrides in semi_variants:
         init_args = distillation_args(overrides)
         init_args.update(args.semi_args)
@@ -242,8 +267,16 @@ def edit_experiment(
         raw.pop("stages", None)
 
 
+def is_semi_supervised(overrides: dict[str, Any]) -> bool:
+    """Whether a variant trains with ``SemiSupervised`` (the one ``--semi-args`` edit)."""
+    method = overrides.get("model", {}).get("init_args", {}).get("distillation")
+    return isinstance(method, dict) and method.get("class_path", "").endswith("SemiSupervised")
+
+
 def check_given(name: str, args: argparse.Namespace) -> None:
     paths = args.given[name] or PROTOCOLS[name].given_teachers
+    if not paths:
+        raise SystemExit(f"--teacher-source given: give {name}'s teachers with --teacher")
     for path in paths:
         if not Path(path).is_file():
             hint = " (run `geodistill demo` first)" if Path(path) in DEMO_TEACHERS else ""
@@ -256,8 +289,11 @@ def provenance(name: str, args: argparse.Namespace) -> dict[str, Any]:
     """Where the teachers come from and whether they saw labels the student does not have
     (``None``: unknown, for checkpoints given on the command line)."""
     if args.teacher_source == "subset":
-        note = "per ratio and seed, a U-Net R34 and a SegFormer trained on the student's chips"
-        return {"teacher_note": note, "teachers_saw_withheld_labels": False}
+        protocol = PROTOCOLS[name]
+        return {
+            "teacher_note": protocol.stage_note,
+            "teachers_saw_withheld_labels": protocol.stage_leaks,
+        }
     if args.given[name]:
         note = "given on the command line; what labels they saw is not known here"
         return {
@@ -300,6 +336,59 @@ def labelled_records(results: Path, pool: list[str]) -> dict[str, Any]:
     return records
 
 
+CURVES = {
+    "train/pseudo_label_ratio": "share of unlabelled pixels given a pseudo-label",
+    "train/ema_distance": "EMA - student distance (relative)",
+    "val/mIoU": "student, validation mIoU",
+    "val/ema/mIoU": "EMA, validation mIoU",
+}
+"""The per-step curves of the semi-supervised runs that ``curves.png`` draws (one panel each)."""
+
+
+def write_curves(results: Path) -> Path | None:
+    """``curves.png`` beside ``results.md``: per ``CURVES`` entry, one line per semi-supervised
+    run (colour: variant, one line per seed and budget), read from the runs' ``metrics.csv``;
+    whether the pseudo-label rate and the EMA have settled within the step budget."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    runs = [
+        r
+        for r in json.loads(results.with_suffix(".json").read_text())["runs"]
+        if r["kind"] == "variant"
+    ]
+    frames = {}
+    for run in runs:
+        logs = sorted(Path(run["folder"]).glob("logs/version_*/metrics.csv"))
+        if logs:
+            frame = pd.read_csv(logs[-1])
+            if "train/pseudo_label_ratio" in frame:
+                frames[(run["name"], run["budget"], run["seed"])] = frame
+    if not frames:
+        return None
+    names = sorted({key[0] for key in frames})
+    colours = dict(zip(names, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))
+    figure, axes = plt.subplots(1, len(CURVES), figsize=(4.2 * len(CURVES), 3.4))
+    for axis, (column, title) in zip(axes, CURVES.items(), strict=True):
+        for (name, _budget, _seed), frame in frames.items():
+            if column in frame:
+                points = frame[["step", column]].dropna()
+                axis.plot(points["step"], points[column], color=colours[name], alpha=0.7, lw=1)
+        axis.set_title(title, fontsize=9)
+        axis.set_xlabel("optimiser step")
+    for name in names:
+        axes[0].plot([], [], color=colours[name], label=name)
+    axes[0].legend(fontsize=8)
+    figure.tight_layout()
+    path = results.parent / "curves.png"
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
 def remove_caches(output: Path) -> None:
     """The teachers' output caches (hundreds of MB per ratio and seed)."""
     for cache in [*output.glob("stages/*/*/seed*/checkpoints/*.cache"), output / "teacher_cache"]:
@@ -316,7 +405,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--ratios", type=float, nargs="+", help="for every --dataset (default: each file's)"
     )
-    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=VARIANTS)
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        choices=VARIANTS + ELSEWHERE_VARIANTS,
+        help="variants to run, the baseline supervised among them (default: each file's all)",
+    )
     parser.add_argument("--setting", choices=["quick", "large"], default="quick")
     budget = parser.add_mutually_exclusive_group()
     budget.add_argument("--max-steps", type=int, help="optimiser steps of every student")
@@ -373,7 +467,7 @@ def main() -> None:
     for name in args.dataset:
         protocol = PROTOCOLS[name]
         setting = protocol.large if args.setting == "large" else {}
-        if args.teacher_source == "given" and "fixmatch_mt" in args.variants:
+        if args.teacher_source == "given":
             check_given(name, args)
         data = PREPARE[name](args, setting)
         args.output = output / name
@@ -389,13 +483,20 @@ def main() -> None:
             protocol.experiment, args, {PREPARED: str(data)}, edit, args.variants
         )
         (args.output / "teachers.json").write_text(json.dumps(provenance(name, args), indent=2))
-        labelled = labelled_records(results, pool) if "supervised" in args.variants else {}
+        labelled = (
+            labelled_records(results, pool)
+            if "supervised" in (args.variants or ["supervised"])
+            else {}
+        )
         (args.output / "labelled.json").write_text(json.dumps(labelled, indent=2))
         for key, record in labelled.items():
             print(
                 f"{name} {key}: {record['kept']} of {record['of']} chips labelled, "
                 f"{100 * record['pixel_share']:.1f} % of the pool's pixels"
             )
+        curves = write_curves(results)
+        if curves is not None:
+            print(f"wrote {curves}: pseudo-label rate, EMA distance, student and EMA validation")
         if not args.keep_caches:
             remove_caches(args.output)
         args.output = output

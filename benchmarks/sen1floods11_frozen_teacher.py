@@ -45,7 +45,8 @@ Protocol:
   null``); ``semi_csmask`` (SemiSupervised: FixMatch with an EMA model on the unlabelled pool
   chips + MSE feature distillation from csmask's decoder block 0, no fusion); on request the
   control ``ktda_no_teacher`` (KTDA's student, FMM and auxiliary head, with ``distill_weight``
-  0: no teacher term, hence no cache, random crops as ``student``). The teacher's
+  0: no teacher term, hence no cache, random crops as ``student``) and ``ktda_width`` (``ktda``
+  with the KL over the width axis, ``kl_axis: width``, as KTDA's public code). The teacher's
   outputs are cached once per seed (``teacher_cache``: a fixed grid of 256 x 256 windows, four per
   chip, replaces the random crops of the distilled variants; the plain student draws four random
   crops per chip and epoch);
@@ -121,7 +122,8 @@ RECIPE = {
     "left_out": DRY_CHIPS,
 }
 DEFAULT_VARIANTS = ["student", "ktda", "ktda_no_fmm", "semi_csmask"]
-"""What runs without ``--variants``; the file's control ``ktda_no_teacher`` runs on request."""
+"""What runs without ``--variants``; the file's control ``ktda_no_teacher`` and the paper's
+``ktda_width`` run on request."""
 METRICS = ("IoU/water", "mIoU")
 """The test metrics of the summary (the headline first)."""
 

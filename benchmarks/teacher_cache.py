@@ -10,14 +10,15 @@ patch 14 and of the student's stride 32), as
    teacher run on every batch;
 3. ``cached``: the same with ``teacher_cache`` — teacher outputs of fixed windows, built once
    before any timing (its build time and size on disk are reported apart);
-4. with ``--fmm``: the cached task with KTDA's default feature modulation (4 transformer blocks on
+4. with ``--fmm``: the cached task with the paper's feature modulation (4 transformer blocks on
    each of the 4 encoder levels, +17 M parameters; on a CPU one of its steps costs several
    student steps, hence opt-in).
 
 The teacher is KTDA's: timm ``vit_base_patch14_dinov2`` (DINOv2 ViT-B/14), features of blocks 2,
 5, 8 and 11, with RANDOM weights: none can be downloaded here, and the time of a forward pass
-depends on the architecture only. Rows 2-3 use ``modulation: null`` so that they differ from row 1
-by the teacher's cost alone (plus KTDA's own small heads: FAM projections, auxiliary head).
+depends on the architecture only. Rows 2-3 have no modulation (the default) so that they differ
+from row 1 by the teacher's cost alone (plus KTDA's own small heads: FAM projections, auxiliary
+head).
 
 Timing: a Lightning callback stamps ``on_train_batch_start`` and ``on_train_batch_end`` with the
 wall clock and the process's CPU time (all threads). A *step* runs from one batch's end to the
@@ -63,6 +64,7 @@ from report import command, hardware, write_results
 from geodistill.data import Domain, GeoSegDataModule
 from geodistill.data.teacher_cache import ensure_teacher_cache
 from geodistill.methods import KnowledgeTransfer
+from geodistill.methods.knowledge_transfer import KTDA_MODULATION
 from geodistill.models.teachers import Teacher, build_teacher
 from geodistill.tasks import SegmentationTask
 
@@ -170,7 +172,7 @@ def variants(
                     teacher=TEACHER,
                     teacher_cache=str(cache) if cached else None,
                     cache_on_mismatch="refuse",  # a rebuild here would be a bug of this benchmark
-                    **({} if fmm else {"modulation": None}),  # FMM: KTDA's default modulation
+                    modulation=KTDA_MODULATION if fmm else None,  # the paper's FMM
                 ),
                 **STUDENT,
             )

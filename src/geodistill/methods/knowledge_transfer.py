@@ -99,7 +99,9 @@ class KnowledgeTransfer(Distillation):
             default) leaves ``distill_weight`` as it is.
         modulation: feature modulation in the student (``{kind, depth, heads, mlp_ratio,
             levels, layer_scale}``; ``levels`` defaults to the encoder levels among
-            ``student_levels``), or ``None`` for a plain student.
+            ``student_levels``), or ``None`` (the default) for a plain student. Off by default:
+            it lost to its ablation on Sen1Floods11 and did not pay off on Dubai
+            (docs/ktda.md); ``KTDA_MODULATION`` is the paper's setting.
         aux_weight, aux_level: weight (0 disables) and encoder level of the auxiliary FCN head.
         prediction_weight: weight of the KL between teacher and student logits (teachers with a
             segmentation head whose class names match the student's).
@@ -119,7 +121,7 @@ class KnowledgeTransfer(Distillation):
         distill_weight: float = 1.0,
         alpha: float = 0.5,
         temperature: float = 1.0,
-        modulation: ModulationConfig | dict[str, Any] | None = KTDA_MODULATION,
+        modulation: ModulationConfig | dict[str, Any] | None = None,
         aux_weight: float = 0.4,
         aux_level: str = "encoder.-2",
         prediction_weight: float = 0.0,
