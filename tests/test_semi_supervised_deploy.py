@@ -263,6 +263,9 @@ def test_test_and_predict_run_the_deployed_network(tmp_path):
     assert results["test/mIoU"] != results["test/student/mIoU"]
     saved = json.loads((tmp_path / "test_metrics.json").read_text())
     assert saved["mIoU"] == pytest.approx(results["test/ema/mIoU"])
+    # both networks' scores are written too, for a comparison's run records
+    assert saved["ema/mIoU"] == pytest.approx(results["test/ema/mIoU"])
+    assert saved["student/mIoU"] == pytest.approx(results["test/student/mIoU"])
     batch = {**batches()["labeled"], "index": torch.tensor([0, 1]), "shape": torch.tensor([64, 64])}
     task.eval()
     with torch.no_grad():

@@ -268,8 +268,11 @@ class SegmentationTask(L.LightningModule):
                 self.test_metrics.update(predicted, batch["mask"])
 
     def on_test_epoch_end(self) -> None:
+        per_network: dict[str, float] = {}
         for name, metrics in self.test_network_metrics.items():
-            self.log_dict({f"test/{name}/{k}": v for k, v in metrics.compute().items()})
+            network_results = metrics.compute()
+            self.log_dict({f"test/{name}/{k}": v for k, v in network_results.items()})
+            per_network.update({f"{name}/{k}": float(v) for k, v in network_results.items()})
             metrics.reset()
         results = self.test_metrics.compute()
         self.log_dict({f"test/{k}": v for k, v in results.items()})
@@ -277,7 +280,11 @@ class SegmentationTask(L.LightningModule):
         self.test_metrics.reset()
         log_dir = self.trainer.log_dir
         if log_dir and self.trainer.is_global_zero:
-            metrics_to_json(self.test_results, Path(log_dir) / "test_metrics.json")
+            # The deployed network's metrics, then each evaluated network's (``ema/mIoU``): a
+            # comparison's run records keep both (``test/ema/mIoU``).
+            metrics_to_json(
+                {**self.test_results, **per_network}, Path(log_dir) / "test_metrics.json"
+            )
             markdown = metrics_to_markdown(self.test_results, self.class_names)
             (Path(log_dir) / "test_metrics.md").write_text(markdown)
 
