@@ -98,6 +98,15 @@ class Protocol:
     stage_leaks: bool = False
 
 
+DUBAI_LARGE: dict[str, Any] = {
+    "scale": 1.0,
+    "data": {"patch_size": 256, "batch_size": 16, "unlabeled_batch_size": 16},
+    "student": {"arch_kwargs": None},
+    "steps": (3000, 250, 3000),
+}
+"""The ``large`` setting of both Dubai protocols, apart from their teachers' encoders."""
+
+
 PROTOCOLS: dict[str, Protocol] = {
     "dubai": Protocol(
         experiment=HERE / "semi_supervised_dubai.yaml",
@@ -108,10 +117,7 @@ PROTOCOLS: dict[str, Protocol] = {
         ),
         given_leaks=True,
         large={
-            "scale": 1.0,
-            "data": {"patch_size": 256, "batch_size": 16, "unlabeled_batch_size": 16},
-            "student": {"arch_kwargs": None},
-            "steps": (3000, 250, 3000),
+            **DUBAI_LARGE,
             "teachers": {"teacher_unet": "resnet50", "teacher_segformer": "mit_b2"},
         },
     ),
@@ -120,17 +126,11 @@ PROTOCOLS: dict[str, Protocol] = {
         given_teachers=[],
         given_note="",
         given_leaks=False,
-        large={
-            "scale": 1.0,
-            "data": {"patch_size": 256, "batch_size": 16, "unlabeled_batch_size": 16},
-            "student": {"arch_kwargs": None},
-            "steps": (3000, 250, 3000),
-            "teachers": {"teacher_elsewhere": "resnet50"},
-        },
+        large={**DUBAI_LARGE, "teachers": {"teacher_elsewhere": "resnet50"}},
         stage_note=(
-            "per seed, a U-Net R34 trained on districts 1-3 with all their labels: images and "
-            "labels no student run reads (a model trained elsewhere); it knows more than the "
-            "student, and saw none of the student's withheld labels"
+            "per seed, the student's light U-Net R18 trained on districts 1-3 with all their "
+            "labels: images and labels no student run reads (a model trained elsewhere); it "
+            "knows more than the student, and saw none of the student's withheld labels"
         ),
     ),
     "demo": Protocol(

@@ -37,6 +37,8 @@ from fixtures_small import (
 )
 from harness import SCRIPT, assert_refused, run_cli, script_env, tree_state
 
+from geodistill.atomic import PROBE_PREFIX
+
 # Imported before any test: Lightning binds its log handler to the sys.stderr of the moment.
 from geodistill.cli import lightning_cli  # noqa: F401
 
@@ -440,7 +442,7 @@ def _kill_once_temps_appear(
         deadline = time.monotonic() + timeout
         try:
             # a temporary of the output, not the writability probe created and removed first
-            while not [n for n in _hidden(folder) if not n.startswith(".geodistill-probe-")]:
+            while not [n for n in _hidden(folder) if not n.startswith(PROBE_PREFIX)]:
                 if process.poll() is not None:
                     break
                 if time.monotonic() > deadline:

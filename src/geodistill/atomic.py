@@ -175,10 +175,14 @@ def _nearest_existing(path: Path) -> Path:
     return Path(path.absolute().anchor)
 
 
+PROBE_PREFIX = ".geodistill-probe-"
+"""Name prefix of the file :func:`probe_writable` creates and removes at once."""
+
+
 def probe_writable(folder: Path) -> None:
     """Create and remove a file in ``folder``: permission bits say too little (root, read-only
     mounts, ACLs), so really try. Raises :class:`OSError` when that fails."""
-    handle, name = tempfile.mkstemp(dir=folder, prefix=".geodistill-probe-")
+    handle, name = tempfile.mkstemp(dir=folder, prefix=PROBE_PREFIX)
     os.close(handle)
     os.unlink(name)
 
