@@ -55,10 +55,9 @@ from typing import Any
 
 import lightning as L
 import numpy as np
-import onnx
-import onnxruntime as ort
 import rasterio
 import torch
+from onnx_speed import interleaved_throughput, onnx_size, session
 from rasterio.windows import Window
 from report import command, hardware, write_results
 
@@ -363,28 +362,6 @@ def train(
 # --- deployment: sizes and ONNX Runtime throughput ---------------------------------------------
 
 
-def session(path: Path) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)
-
-
-def onnx_parameters(path: Path) -> tuple[int, str]:
-    """Floating-point weights stored in an ONNX file (initializers) and their data types; integer
-    initializers (shapes, indices) are not counted."""
-    model = onnx.load(str(path))
-    counts: dict[str, int] = {}
-    for tensor in model.graph.initializer:
-        if tensor.data_type in FLOAT_TYPES:
-            name = onnx.TensorProto.DataType.Name(tensor.data_type).lower()
-            counts[name] = counts.get(name, 0) + int(np.prod(tensor.dims))
-    return sum(counts.values()), ", ".join(sorted(counts))
-
-
 def throughput(
     teacher_path: Path,
     student_paths: dict[str, Path],
@@ -393,11 +370,12 @@ def throughput(
     band_indices: list[int],
     args: argparse.Namespace,
 ) -> dict[str, Any]:
-    """The teacher and each student in ONNX Runtime on the same tiles, with the same session
-    options, in turn (teacher, then each student) over ``--repeats`` rounds.
+    """The teacher and each student in ONNX Runtime on the chip's tiles, in turn over
+    ``--repeats`` rounds of ``--passes`` passes (all tiles in one call), with
+    :func:`onnx_speed.interleaved_throughput`.
 
     Each model gets its own input: csmask its normalised 6 bands, an exported student the raw
-    values of its bands (its band normaliser is inside the graph); preparing them is not timed.
+    values of its bands (its band normaliser is inside the graph).
     """
     mean, std = (
         np.asarray(v, np.float32)[:, None, None] for v in meta["data"]["dataset_statistics"]["img"]
@@ -405,30 +383,12 @@ def throughput(
     origins = tiles_of(*image.shape[1:], args.tile)
     raw = np.stack([image[band_indices, r : r + args.tile, c : c + args.tile] for r, c in origins])
     normalised = np.nan_to_num((raw * 1e-4 - mean) / std).astype(np.float32)
-    runs = {"teacher": (session(teacher_path), normalised)}
+    threads = torch.get_num_threads()
+    models = {"teacher": (session(teacher_path, threads), normalised)}
     for name, path in student_paths.items():
-        runs[name] = (session(path), np.ascontiguousarray(raw))
-    feeds = {name: {s.get_inputs()[0].name: x} for name, (s, x) in runs.items()}
-    for name, (s, _) in runs.items():
-        s.run(None, feeds[name])  # warm-up
-    seconds: dict[str, list[float]] = {name: [] for name in runs}
-    cpu: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(args.repeats):
-        for name, (s, _) in runs.items():
-            wall, clock = time.perf_counter(), time.process_time()
-            for _ in range(args.passes):
-                s.run(None, feeds[name])
-            seconds[name].append(time.perf_counter() - wall)
-            cpu[name].append(time.process_time() - clock)
-    megapixels = len(origins) * args.tile**2 * args.passes / 1e6
-    return {
-        "tiles": len(origins),
-        "passes": args.passes,
-        "seconds": seconds,
-        "cpu_seconds": cpu,
-        "mp_per_s_best": {n: megapixels / min(s) for n, s in seconds.items()},
-        "mp_per_s_median": {n: megapixels / statistics.median(s) for n, s in seconds.items()},
-    }
+        models[name] = (session(path, threads), raw)
+    speed = interleaved_throughput(models, args.repeats, args.passes, batch=len(origins))
+    return {"tiles": len(origins), **speed}
 
 
 # --- report -----------------------------------------------------------------------------------
@@ -630,8 +590,7 @@ def main() -> None:
                         trained[student] = sum(p.numel() for p in task.parameters())
         sizes: dict[str, dict[str, Any]] = {}
         for name, path in {"teacher": teacher_path, **exported}.items():
-            sizes[name] = dict(zip(("parameters", "dtypes"), onnx_parameters(path), strict=True))
-            sizes[name]["bytes"] = path.stat().st_size
+            sizes[name] = onnx_size(path)
             if name in trained:
                 sizes[name]["training_parameters"] = trained[name]
         speed = throughput(teacher_path, exported, image, meta, student_bands, args)

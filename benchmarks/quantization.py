@@ -43,6 +43,9 @@ import numpy as np
 import rasterio
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from onnx_speed import interleaved_throughput, session  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / ".." / "shared" / "data" / "sen1floods11_hand"
 GEODISTILL = Path(sys.executable).with_name("geodistill")
@@ -169,15 +172,6 @@ def fit_steps(config: Path) -> int | None:
     return yaml.safe_load(config.read_text())["trainer"]["max_steps"] if config.exists() else None
 
 
-def session(path: Path, threads: int) -> Any:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
 def read_split(folder: Path) -> list[tuple[np.ndarray, np.ndarray]]:
     """(raw image float32 with NaN nodata, label uint8) per chip of a split, as infer reads."""
     from geodistill.data.raster import read_image
@@ -225,27 +219,16 @@ def agreement(a: dict[str, Any], b: dict[str, Any]) -> float:
 
 
 def speed(models: dict[str, Path], tiles: np.ndarray, repeats: int) -> dict[str, Any]:
-    """Median megapixels/s of each model, 1 and 2 threads, interleaved in this one process."""
+    """Median megapixels/s of each model, 1 and 2 threads, interleaved in this one process, one
+    tile per call (as ``geodistill infer`` runs them)."""
     out: dict[str, Any] = {}
-    pixels = tiles.shape[0] * tiles.shape[2] * tiles.shape[3]
     for threads in (1, 2):
-        sessions = {label: session(path, threads) for label, path in models.items()}
-        times: dict[str, list[float]] = {label: [] for label in models}
-        for sess in sessions.values():  # warm-up, not timed
-            for tile in tiles[:2]:
-                predict(sess, tile)
-        for _ in range(repeats):
-            for label, sess in sessions.items():
-                name = sess.get_inputs()[0].name
-                start = time.perf_counter()
-                for tile in tiles:
-                    sess.run(None, {name: tile[None]})
-                times[label].append(time.perf_counter() - start)
-        for label, values in times.items():
-            median = statistics.median(values)
+        sessions = {label: (session(path, threads), tiles) for label, path in models.items()}
+        timing = interleaved_throughput(sessions, repeats)
+        for label, values in timing["seconds"].items():
             out[f"{label}_{threads}t"] = {
-                "mpix_per_s": pixels / median / 1e6,
-                "median_s": median,
+                "mpix_per_s": timing["mp_per_s_median"][label],
+                "median_s": statistics.median(values),
                 "spread_s": [min(values), max(values)],
             }
     return out

@@ -46,7 +46,9 @@ Protocol:
   chips + MSE feature distillation from csmask's decoder block 0, no fusion); on request the
   control ``ktda_no_teacher`` (KTDA's student, FMM and auxiliary head, with ``distill_weight``
   0: no teacher term, hence no cache, random crops as ``student``) and ``ktda_width`` (``ktda``
-  with the KL over the width axis, ``kl_axis: width``, as KTDA's public code). The teacher's
+  with the KL over the width axis, ``kl_axis: width``, as KTDA's public code), and the speed
+  goal's light student, a U-Net on MobileNetV3-small with a half-width decoder, alone
+  (``student_light``) and with KTDA at the defaults (``ktda_light``). The teacher's
   outputs are cached once per seed (``teacher_cache``: a fixed grid of 256 x 256 windows, four per
   chip, replaces the random crops of the distilled variants; the plain student draws four random
   crops per chip and epoch);
@@ -56,14 +58,23 @@ Protocol:
     python benchmarks/sen1floods11_frozen_teacher.py                    # 5 seeds, N = 1, 2, 4
     python benchmarks/sen1floods11_frozen_teacher.py --labels 1 --seeds 0
     python benchmarks/sen1floods11_frozen_teacher.py --variants student,ktda --resume
+    python benchmarks/sen1floods11_frozen_teacher.py --labels 1 --resume \
+        --variants student,ktda_no_fmm,ktda_light --speed ktda_no_fmm,ktda_light
     python benchmarks/sen1floods11_frozen_teacher.py --quick -o /tmp/s1f_quick   # smoke run
+
+``--speed ktda_no_fmm,ktda_light`` (after the runs): exports the deployed student of each named
+variant (first seed, first N) with ``geodistill export`` and times csmask and the students in
+ONNX Runtime on the 24 tiles of 256² of the test chips (1 thread, one tile per call, interleaved
+rounds: ``onnx_speed.py``), beside each variant's water IoU and its per-seed share of the first
+variant's: ``<output>/speed.md`` and ``speed.json``.
 
 ``--quick``: seed 0, N = 1, 4 optimiser steps, validated after 2: the pipeline of every variant
 end to end (data, teacher caches, training, test), not a result.
 
 Writes, per N, ``<output>/labels<N>/`` (the harness's ``results.{md,json,png}`` on water IoU,
 ``per_class.md``, the run folders, the teacher caches) and ``<output>/results.md`` /
-``results.json``: water IoU and mIoU per N and variant with paired Δ vs ``student``.
+``results.json``: water IoU and mIoU per N and variant with paired Δ vs ``student``, over every
+finished run in the output folder (whichever call ran it).
 """
 
 from __future__ import annotations
@@ -78,6 +89,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 HERE = Path(__file__).resolve().parent
@@ -89,6 +101,7 @@ from experiment_runner import (  # noqa: E402
     run_experiment_file,
     variant_names,
 )
+from onnx_speed import interleaved_throughput, onnx_size, session  # noqa: E402
 from report import command, hardware  # noqa: E402
 from sen1floods11_data import (  # noqa: E402
     CLASSES,
@@ -100,7 +113,9 @@ from sen1floods11_data import (  # noqa: E402
     write_summary,
 )
 
+from geodistill.data.raster import read_image  # noqa: E402
 from geodistill.errors import GeodistillError  # noqa: E402
+from geodistill.export import export_student  # noqa: E402
 
 EXPERIMENT = HERE / "sen1floods11_frozen_teacher.yaml"
 DEFAULT_OUTPUT = "outputs/benchmarks/sen1floods11_frozen_teacher"
@@ -124,6 +139,10 @@ RECIPE = {
 DEFAULT_VARIANTS = ["student", "ktda", "ktda_no_fmm", "semi_csmask"]
 """What runs without ``--variants``; the file's control ``ktda_no_teacher`` and the paper's
 ``ktda_width`` run on request."""
+TEACHER_BANDS = ["B2", "B3", "B4", "B8", "B11", "B12"]
+"""The chips' bands csmask and the students read."""
+SPEED_TILE = 256
+"""Side of the timed tiles: csmask's fixed input size."""
 METRICS = ("IoU/water", "mIoU")
 """The test metrics of the summary (the headline first)."""
 
@@ -215,9 +234,26 @@ def spread(values: dict[int, float]) -> str:
     return f"{statistics.fmean(points):.2f} ± {statistics.stdev(points):.2f}"
 
 
+def finished_runs(folder: Path) -> list[dict[str, Any]]:
+    """The record (``run.json``) of every finished variant run under one label count's folder,
+    whichever call ran it (a folder's ``results.json`` holds only its latest call's variants)."""
+    records = [json.loads(p.read_text()) for p in sorted(folder.glob("*/*/seed*/run.json"))]
+    return [r for r in records if r.get("kind") == "variant"]
+
+
+def label_folders(output: Path) -> dict[int, Path]:
+    """Every ``labels<N>`` folder of the output, by N."""
+    found = {}
+    for folder in output.glob("labels*"):
+        count = folder.name.removeprefix("labels")
+        if folder.is_dir() and count.isdigit():
+            found[int(count)] = folder
+    return dict(sorted(found.items()))
+
+
 def summarise(folders: dict[int, Path], variants: list[str]) -> tuple[str, dict[str, Any]]:
-    """Water IoU and mIoU per label count and variant, paired Δ vs ``student``: Markdown and
-    the values."""
+    """Water IoU and mIoU per label count and variant (in ``variants``' order; every finished
+    run counts), paired Δ vs ``student``: Markdown and the values."""
     table: dict[str, Any] = {}
     lines = [
         "| N | variant | water IoU | Δ water IoU vs student | mIoU | Δ mIoU vs student "
@@ -225,11 +261,9 @@ def summarise(folders: dict[int, Path], variants: list[str]) -> tuple[str, dict[
         "|---:|---|---:|---|---:|---|---:|---:|",
     ]
     for labels, folder in folders.items():
-        records = json.loads((folder / "results.json").read_text())["runs"]
-        runs = [r for r in records if r["kind"] == "variant"]
         per_variant: dict[str, dict[str, dict[int, float]]] = {}
         seconds: dict[str, list[float]] = {}
-        for run in runs:
+        for run in finished_runs(folder):
             entry = per_variant.setdefault(run["name"], {m: {} for m in METRICS})
             seconds.setdefault(run["name"], []).append(float(run["seconds"]))
             for metric in METRICS:
@@ -252,6 +286,96 @@ def summarise(folders: dict[int, Path], variants: list[str]) -> tuple[str, dict[
                 f"| {labels} | {name} | " + " | ".join(cells) + f" | {count} | {mean_s:.0f} |"
             )
     return "\n".join(lines) + "\n", table
+
+
+# --- speed: the deployed students against csmask in ONNX Runtime -------------------------------
+
+
+def speed_tiles(data: Path, stats: list[list[float]]) -> tuple[np.ndarray, np.ndarray]:
+    """The 256² tiles of the test chips: raw values of the students' bands (NaN = nodata; an
+    exported student normalises inside its graph) and csmask's normalised input."""
+    raw = []
+    for image in sorted((data / "test" / "images").glob("*.tif")):
+        bands = read_image(image, bands=TEACHER_BANDS)
+        for r in range(0, bands.shape[1] - SPEED_TILE + 1, SPEED_TILE):
+            for c in range(0, bands.shape[2] - SPEED_TILE + 1, SPEED_TILE):
+                raw.append(bands[:, r : r + SPEED_TILE, c : c + SPEED_TILE])
+    if not raw:
+        raise GeodistillError("no test chip to time on", data / "test" / "images")
+    tiles = np.stack(raw).astype(np.float32)
+    mean, std = (np.asarray(v, np.float32)[:, None, None] for v in stats)
+    return tiles, np.nan_to_num((tiles * 1e-4 - mean) / std).astype(np.float32)
+
+
+def time_students(
+    output: Path, labels: int, seed: int, variants: list[str], teacher_folder: Path, repeats: int
+) -> tuple[str, dict[str, Any]]:
+    """Export the deployed student of each variant's run (``labels`` chips, ``seed``), time them
+    and csmask on the test chips' tiles in ONNX Runtime (1 thread, one tile per call, interleaved
+    rounds), and set each variant's water IoU (every seed) beside its speed: Markdown and values.
+
+    The first variant is the accuracy reference (e.g. the R18 student distilled from csmask)."""
+    records = finished_runs(output / f"labels{labels}")
+    runs = {r["name"]: r for r in records if int(r["seed"]) == seed}
+    missing = [v for v in variants if v not in runs]
+    if missing:
+        raise GeodistillError(
+            f"--speed: no finished run of {', '.join(missing)} with {labels} label(s), seed {seed}",
+            output / f"labels{labels}",
+        )
+    work = output / "speed"
+    work.mkdir(parents=True, exist_ok=True)
+    paths = {"teacher": teacher_folder / f"{MODEL}.onnx"}
+    for name in variants:
+        checkpoint = runs[name]["checkpoint"]
+        paths[name] = export_student(checkpoint, work / f"{name}.onnx", overwrite=True)
+    meta = json.loads((teacher_folder / f"{MODEL}.json").read_text())
+    raw, normalised = speed_tiles(output / "data", meta["data"]["dataset_statistics"]["img"])
+    models = {"teacher": (session(paths["teacher"]), normalised)}
+    models.update({name: (session(paths[name]), raw) for name in variants})
+    timing = interleaved_throughput(models, repeats)
+    sizes = {name: onnx_size(path) for name, path in paths.items()}
+    water: dict[str, dict[int, float]] = {name: {} for name in variants}
+    for record in records:
+        if record["name"] in water and "test/IoU/water" in record["metrics"]:
+            water[record["name"]][int(record["seed"])] = float(record["metrics"]["test/IoU/water"])
+    best, median = timing["mp_per_s_best"], timing["mp_per_s_median"]
+    reference = variants[0]
+    lines = [
+        f"ONNX Runtime, 1 thread, {len(raw)} tiles of {SPEED_TILE}² (the test chips), one tile "
+        f"per call, {repeats} interleaved rounds; students exported from seed {seed} with "
+        f"{labels} labelled chip(s). Water IoU: every seed; share: per-seed ratio to "
+        f"`{reference}`.",
+        "",
+        "| model | parameters | stored as | file | MP/s best | MP/s median | × teacher "
+        "(best / median) | water IoU | share of reference, per seed |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---|",
+    ]
+    shares: dict[str, dict[int, float]] = {}
+    for name, size in sizes.items():
+        speedup = f"{best[name] / best['teacher']:.1f}× / {median[name] / median['teacher']:.1f}×"
+        iou, share = "–", "–"
+        if name != "teacher":
+            iou = spread(water[name])
+            common = sorted(set(water[name]) & set(water[reference]))
+            shares[name] = {s: water[name][s] / water[reference][s] for s in common}
+            share = ", ".join(f"{100 * v:.0f} %" for v in shares[name].values())
+        label = "csmask (teacher)" if name == "teacher" else f"`{name}`"
+        lines.append(
+            f"| {label} | {size['parameters'] / 1e6:.2f} M | {size['dtypes']} "
+            f"| {size['bytes'] / 1e6:.1f} MB | {best[name]:.2f} | {median[name]:.2f} "
+            f"| {speedup} | {iou} | {share} |"
+        )
+    values = {
+        "labels": labels,
+        "seed": seed,
+        "tiles": len(raw),
+        "timing": timing,
+        "sizes": sizes,
+        "water_iou": water,
+        "share_of_reference": shares,
+    }
+    return "\n".join(lines) + "\n", values
 
 
 def main() -> None:
@@ -281,6 +405,13 @@ def main() -> None:
     parser.add_argument(
         "--quick", action="store_true", help="smoke run: seed 0, N = 1, 4 steps, validated at 2"
     )
+    parser.add_argument(
+        "--speed",
+        help="after the runs, export the deployed student of these comma-separated variants "
+        "(first seed, first N; the first variant is the accuracy reference) and time them "
+        "against csmask in ONNX Runtime: <output>/speed.md, speed.json",
+    )
+    parser.add_argument("--speed-repeats", type=int, default=5, help="interleaved timing rounds")
     args = parser.parse_args()
     if args.quick:
         args.seeds = args.seeds or [0]
@@ -289,6 +420,9 @@ def main() -> None:
         args.val_every = args.val_every or 2
     labels = args.labels or [1, 2, 4]
     variants = variant_names(args.variants) or DEFAULT_VARIANTS
+    timed = variant_names(args.speed)
+    if timed and not set(timed) <= set(variants):
+        parser.error(f"--speed {args.speed}: time only variants that --variants runs")
     raw = yaml.safe_load(args.experiment.read_text())
     folders = {n: args.output / f"labels{n}" for n in labels}
     for folder in folders.values():  # a refused folder or a bad file: before any work
@@ -319,25 +453,37 @@ def main() -> None:
             variants,
             class_names=CLASSES,
         )
-    markdown, values = summarise(folders, variants)
+    every = label_folders(args.output)
+    markdown, values = summarise(every, list(raw["variants"]))
     header = (
-        f"Command: `{command()}`  \nHardware: {hardware()}  \n"
+        f"Command (the latest): `{command()}`  \nHardware: {hardware()}  \n"
         "Test: the six held-out Bolivia chips (water IoU and mIoU in %, mean ± std over seeds; "
-        "Δ: per-seed paired difference vs `student`, in points). Runs: "
-        + ", ".join(f"{f / 'results.json'}" for f in folders.values())
+        "Δ: per-seed paired difference vs `student`, in points). Every finished run under: "
+        + ", ".join(str(f) for f in every.values())
         + "\n\n"
     )
     (args.output / "results.md").write_text(header + markdown)
     report = {
         "command": command(),
         "hardware": hardware(),
-        "labels": labels,
-        "folders": {str(n): str(f) for n, f in folders.items()},
+        "labels": sorted(every),
+        "folders": {str(n): str(f) for n, f in every.items()},
         "metrics": values,
     }
     (args.output / "results.json").write_text(json.dumps(copy.deepcopy(report), indent=2))
     print(header + markdown)
     print(f"wrote {args.output / 'results.md'}, {args.output / 'results.json'}")
+    if timed:
+        seed = (args.seeds or raw["seeds"])[0]
+        table, timing = time_students(
+            args.output, labels[0], seed, timed, teacher_folder, args.speed_repeats
+        )
+        speed_header = f"Command: `{command()}`  \nHardware: {hardware()}  \n\n"
+        (args.output / "speed.md").write_text(speed_header + table)
+        timing = {"command": command(), "hardware": hardware(), **timing}
+        (args.output / "speed.json").write_text(json.dumps(timing, indent=2))
+        print(speed_header + table)
+        print(f"wrote {args.output / 'speed.md'}, {args.output / 'speed.json'}")
 
 
 if __name__ == "__main__":
