@@ -37,7 +37,8 @@ Protocol:
 * student: a light U-Net on ResNet-18 (four encoder stages, decoder 128-64-32-16), random
   initialisation, CE + 0.5 Dice, AdamW lr 1e-3, 256 x 256 crops (csmask's fixed input size: a
   teacher cache's windows are ``data.patch_size``, and the ONNX teacher refuses other sizes),
-  batch 4, the same number of optimiser steps for every variant (``--steps``), validated on the
+  batch 4, the same number of optimiser steps for every variant of this student (``--steps``;
+  the light student below trains 3x as many, the same training time), validated on the
   validation chip every ``--val-every`` steps (best ``val/mIoU`` checkpoint tested);
 * variants: ``student`` (supervised only: the baseline); ``ktda`` (KnowledgeTransfer with the
   csmask teacher: FAM + KL/MSE on the four level pairs, one transformer FMM block on the
@@ -201,15 +202,18 @@ def edit_experiment(raw: dict[str, Any], args: argparse.Namespace, labels: int) 
     """The script's options as changes of the experiment file, for ``labels`` training chips."""
     raw["budgets"] = [{"train_limit": labels}]
     trainer = raw["base"]["trainer"]
-    if args.steps is not None:
-        trainer["max_steps"] = args.steps
+    own = [v["trainer"] for v in raw["variants"].values() if "max_steps" in v.get("trainer", {})]
+    if args.steps is not None:  # every variant's budget, a variant's own (the light student's)
+        for budget in [trainer, *own]:
+            budget["max_steps"] = args.steps
     if args.val_every is not None:
         trainer["val_check_interval"] = args.val_every
-    if trainer["max_steps"] % trainer["val_check_interval"]:
-        raise GeodistillError(
-            f"--val-every {trainer['val_check_interval']} must divide --steps "
-            f"{trainer['max_steps']} (the last step is validated)"
-        )
+    for steps in {trainer["max_steps"], *(budget["max_steps"] for budget in own)}:
+        if steps % trainer["val_check_interval"]:
+            raise GeodistillError(
+                f"--val-every {trainer['val_check_interval']} must divide the {steps} steps of "
+                "a variant (the last step is validated)"
+            )
 
 
 def paired(values: dict[int, float], baseline: dict[int, float]) -> str:
@@ -400,7 +404,11 @@ def main() -> None:
         help="comma-separated variants, e.g. student,ktda (the baseline student among them); "
         f"default: {','.join(DEFAULT_VARIANTS)}; the control ktda_no_teacher on request",
     )
-    parser.add_argument("--steps", type=int, help="optimiser steps per run (default: the file's)")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        help="optimiser steps of every variant (default: the file's; the light students' 3x own)",
+    )
     parser.add_argument("--val-every", type=int, help="steps between validations")
     parser.add_argument(
         "--quick", action="store_true", help="smoke run: seed 0, N = 1, 4 steps, validated at 2"

@@ -1,7 +1,8 @@
-"""Run one experiment (fit, then test the best checkpoint) programmatically.
+"""Run one experiment (fit, then test the best checkpoint) from Python, e.g. in a notebook.
 
-The CLI does the same from a YAML file; this is the shared path for the demo and the benchmark
-scripts, so they train exactly the way a user's ``geodistill fit`` would.
+``geodistill fit`` / ``test`` and the ``geodistill compare`` harness do the same from a YAML
+file (the harness's runs go through the CLI); this is the in-process path for a task and a data
+module already built, with the same best-checkpoint rule (``val/mIoU``, :class:`BestCheckpoint`).
 """
 
 from __future__ import annotations
