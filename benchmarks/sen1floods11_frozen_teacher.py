@@ -185,16 +185,18 @@ def csmask_folder(raw: dict[str, Any]) -> Path:
     stats = meta["data"]["dataset_statistics"]
     if stats["band_names"] != CSMASK_BANDS:
         raise GeodistillError(f"csmask's bands are {stats['band_names']}, not {CSMASK_BANDS}")
-    for name, overrides in raw["variants"].items():
+    stages = {f"stages.{n}": s["overrides"] for n, s in raw.get("stages", {}).items()}
+    variants = {f"variants.{n}": overrides for n, overrides in raw["variants"].items()}
+    for name, overrides in {**variants, **stages}.items():
         method = overrides.get("model", {}).get("init_args", {}).get("distillation")
         if method is None:
             continue
         args = method["init_args"]
-        for spec in [args["teacher"]] if "teacher" in args else args["teachers"]:
+        for spec in [args["teacher"]] if "teacher" in args else args.get("teachers", []):
+            if not isinstance(spec, dict) or spec.get("kind") != "onnx":
+                continue  # a checkpoint of an earlier stage, not csmask
             if [spec["mean"], spec["std"]] != stats["img"]:
-                raise GeodistillError(
-                    f"variants.{name}: the teacher's mean/std differ from {MODEL}.json's"
-                )
+                raise GeodistillError(f"{name}: the teacher's mean/std differ from {MODEL}.json's")
     return Path(str(root))
 
 
