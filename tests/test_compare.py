@@ -89,6 +89,9 @@ def test_every_run_finished_with_its_record_and_the_results_are_written(done):
         assert Path(record["checkpoint"]) == folder / "checkpoints" / "best.ckpt"
         assert Path(record["checkpoint"]).is_file() and record["seconds"] > 0
         assert len(record["fingerprint"]) == 16
+        assert record["environment"]["threads"] == 1  # what the float sums depended on
+        assert record["environment"]["torch"] and record["environment"]["lightning"]
+        assert "cores" in record["environment"]["machine"]
     results = json.loads((out / "results.json").read_text())
     assert len(results["runs"]) == 6
     assert results["metric"] == "test/mIoU" and results["baseline"] == "plain"

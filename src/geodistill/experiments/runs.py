@@ -38,6 +38,7 @@ from geodistill.experiments.file import (
     substitute,
     substitute_seed,
 )
+from geodistill.experiments.summary import machine
 
 RUN_RECORD = "run.json"
 RUN_CONFIG = "config.yaml"
@@ -354,11 +355,28 @@ def write_run_config(run: RunSpec) -> Path:
     return path
 
 
+def run_environment() -> dict[str, Any]:
+    """What a run's numbers depend on beyond its config: library versions, the CPU, threads and
+    GPU it trained on (float sums differ with the CPU's kernels and the thread count, so a rerun
+    elsewhere may pick another checkpoint)."""
+    import lightning
+    import torch
+
+    return {
+        "machine": machine(),
+        "torch": torch.__version__,
+        "lightning": lightning.__version__,
+        "threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    }
+
+
 def execute_run(
     folder: Path, fields: dict[str, Any], callbacks: Sequence[Any] = ()
 ) -> dict[str, Any]:
     """``fit`` then ``test`` (best checkpoint) of ``<folder>/config.yaml`` through the
-    LightningCLI, then ``run.json`` (``fields`` + test metrics, checkpoint, seconds).
+    LightningCLI, then ``run.json`` (``fields`` + test metrics, checkpoint, seconds and
+    :func:`run_environment`).
     ``callbacks``: Lightning callbacks added to both (a progress line)."""
     from geodistill.cli.lightning_cli import run_lightning_cli  # what `geodistill fit` runs
 
@@ -381,6 +399,7 @@ def execute_run(
         "last_checkpoint": str(folder / "checkpoints" / "last.ckpt"),
         "config": config,
         "seconds": round(time.perf_counter() - start, 2),
+        "environment": run_environment(),
     }
     write_record(folder, record)
     return record
