@@ -115,6 +115,7 @@ from sen1floods11_data import (  # noqa: E402
 )
 
 from geodistill.data.raster import read_image  # noqa: E402
+from geodistill.data.tiling import tile_origins  # noqa: E402
 from geodistill.errors import GeodistillError  # noqa: E402
 from geodistill.export import export_student  # noqa: E402
 
@@ -298,13 +299,14 @@ def summarise(folders: dict[int, Path], variants: list[str]) -> tuple[str, dict[
 
 
 def speed_tiles(data: Path, stats: list[list[float]]) -> tuple[np.ndarray, np.ndarray]:
-    """The 256² tiles of the test chips: raw values of the students' bands (NaN = nodata; an
-    exported student normalises inside its graph) and csmask's normalised input."""
+    """The 256² tiles of the test chips (the last ones flush with the edge): raw values of the
+    students' bands (NaN = nodata; an exported student normalises inside its graph) and csmask's
+    normalised input."""
     raw = []
     for image in sorted((data / "test" / "images").glob("*.tif")):
         bands = read_image(image, bands=TEACHER_BANDS)
-        for r in range(0, bands.shape[1] - SPEED_TILE + 1, SPEED_TILE):
-            for c in range(0, bands.shape[2] - SPEED_TILE + 1, SPEED_TILE):
+        for r in tile_origins(bands.shape[1], SPEED_TILE, SPEED_TILE):
+            for c in tile_origins(bands.shape[2], SPEED_TILE, SPEED_TILE):
                 raw.append(bands[:, r : r + SPEED_TILE, c : c + SPEED_TILE])
     if not raw:
         raise GeodistillError("no test chip to time on", data / "test" / "images")

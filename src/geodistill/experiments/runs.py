@@ -356,9 +356,9 @@ def write_run_config(run: RunSpec) -> Path:
 
 
 def run_environment() -> dict[str, Any]:
-    """What a run's numbers depend on beyond its config: library versions, the CPU, threads and
-    GPU it trained on (float sums differ with the CPU's kernels and the thread count, so a rerun
-    elsewhere may pick another checkpoint)."""
+    """What a run's numbers depend on beyond its config: the machine line (CPU, cores and GPU),
+    library versions and threads (float sums differ with the kernels and the thread count, so a
+    rerun elsewhere may pick another checkpoint)."""
     import lightning
     import torch
 
@@ -367,7 +367,6 @@ def run_environment() -> dict[str, Any]:
         "torch": torch.__version__,
         "lightning": lightning.__version__,
         "threads": torch.get_num_threads(),
-        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
     }
 
 
