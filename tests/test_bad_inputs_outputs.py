@@ -430,10 +430,17 @@ def _hidden(folder: Path) -> list[str]:
 
 
 def _kill_once_temps_appear(
-    args: list[str], folder: Path, cwd: Path, timeout: float = 120, attempts: int = 3
+    args: list[str],
+    folder: Path,
+    cwd: Path,
+    timeout: float = 120,
+    attempts: int = 3,
+    suffix: str = "",
 ) -> None:
-    """Start ``geodistill ARGS``, ``kill -9`` it as soon as ``folder`` holds a temporary. A run
-    that finishes between two polls (a fast run on an idle machine) is wiped and retried."""
+    """Start ``geodistill ARGS``, ``kill -9`` it as soon as ``folder`` holds a temporary (one
+    ending in ``suffix``: a writer that makes several, one after the other, is killed once the
+    named one exists, not between the two). A run that finishes between two polls (a fast run on
+    an idle machine) is wiped and retried."""
     for attempt in range(attempts):
         process = subprocess.Popen(
             [str(SCRIPT), *args], cwd=cwd, env=script_env(),
@@ -442,7 +449,9 @@ def _kill_once_temps_appear(
         deadline = time.monotonic() + timeout
         try:
             # a temporary of the output, not the writability probe created and removed first
-            while not [n for n in _hidden(folder) if not n.startswith(PROBE_PREFIX)]:
+            while not [
+                n for n in _hidden(folder) if not n.startswith(PROBE_PREFIX) and n.endswith(suffix)
+            ]:
                 if process.poll() is not None:
                     break
                 if time.monotonic() > deadline:
@@ -481,7 +490,7 @@ def test_killed_infer_leaves_temps_that_a_rerun_removes(inputs, tmp_path):
         "infer", str(inputs["ckpt"]), str(scene), "-o", str(out), "--quiet", "--accelerator",
         "cpu", "--tile", "64", "--overlap", "32", "--batch-size", "1", "--confidence",
     ]  # fmt: skip
-    _kill_once_temps_appear(args, out, tmp_path)
+    _kill_once_temps_appear(args, out, tmp_path, suffix=".stream.tif")
     finals = [out / "big_classes.tif", out / "big_confidence.tif"]
     assert not any(p.exists() for p in finals)
     stale = _hidden(out)
